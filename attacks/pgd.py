@@ -1,0 +1,148 @@
+"""Projected gradient descent (Madry et al., ICLR 2018) and the field's "CW" (margin-loss PGD).
+
+Algorithm (one restart; ℓ∞ shown, ℓ2 replaces sign by the normalised gradient and the box
+projection by the ball projection)::
+
+    δ ← U(−ε, ε)                  if random_start else 0;   δ ← clip(x + δ, 0, 1) − x
+    repeat `steps` times:
+        g ← ∇_δ Σ_i L(f(x_i + δ_i), y_i)
+        δ ← Π_ε(δ + α · sign(g));  δ ← clip(x + δ, 0, 1) − x
+    return x + δ
+
+With several restarts, each later restart runs only on the samples no earlier restart misclassified,
+and a sample keeps the first iterate that fooled the model (else the last restart's).
+
+Losses: ``ce`` (cross-entropy, summed over the batch, as in TTC/TeCoA) and ``margin``:
+``−ReLU(z_y − max_{j≠y} z_j + κ)``, κ = 50 — what TeCoA, PMG-AFT, TTC and HPT-GPD call "CW"
+(ℓ∞ PGD on the margin, not the Carlini–Wagner ℓ2 optimisation).
+
+Every step checks that a finite input gradient was obtained; an attack that lost its gradient
+raises :class:`~vlmbench.attack.AttackError` instead of returning a weaker result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from vlmbench.attack import Attack, AttackError, Model
+from vlmbench.protocol import ThreatModel
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""Per-sample loss ``(logits (N,C), labels (N,)) -> (N,)`` that the attacker maximises."""
+
+
+def cross_entropy_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy ``(N,)``: the attacker maximises it."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Per-sample ``−ReLU(z_y − max_{j≠y} z_j + κ)`` ``(N,)``: the attacker maximises it (to 0 at margin −κ)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return -F.relu(true - others.amax(dim=1) + kappa)
+
+
+def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generator) -> torch.Tensor:
+    """A uniform draw from the ε-ball (ℓ∞: the cube; ℓ2: uniform in volume), clipped to [0,1]."""
+    if threat.norm == "linf":
+        delta = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * threat.eps
+    else:
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        dim = x[0].numel()
+        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1 / dim)
+        delta = direction * (radius * threat.eps).view(-1, 1, 1, 1)
+    return (x + delta).clamp(0, 1) - x
+
+
+def project(delta: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """Project ``delta`` onto the ε-ball of ``threat.norm``."""
+    if threat.norm == "linf":
+        return delta.clamp(-threat.eps, threat.eps)
+    norms = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    return delta * torch.clamp(threat.eps / norms.clamp_min(1e-12), max=1.0)
+
+
+def ascent_direction(grad: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """Steepest-ascent unit step for the norm: sign (ℓ∞) or gradient / ‖gradient‖₂ (ℓ2)."""
+    if threat.norm == "linf":
+        return grad.sign()
+    return grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def pgd(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    loss_fn: LossFn,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Run PGD with ``threat``'s budget and return ``x_adv`` (see the module docstring)."""
+    if threat.steps < 1:
+        raise AttackError(f"PGD needs at least one step, got {threat.steps}")
+    x_adv = x.clone()
+    pending = torch.ones(len(x), dtype=torch.bool, device=x.device)  # not yet fooled by a restart
+    for restart in range(threat.restarts):
+        index = pending.nonzero().squeeze(1)
+        if len(index) == 0:
+            break
+        xr, yr = x[index], y[index]
+        delta = random_start(xr, threat, generator) if threat.random_start else torch.zeros_like(xr)
+        for _ in range(threat.steps):
+            delta.requires_grad_(True)
+            loss = loss_fn(model(xr + delta), yr).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+            if grad is None or not torch.isfinite(grad).all():
+                raise AttackError("PGD obtained no finite input gradient: the model is not differentiable here")
+            with torch.no_grad():
+                delta = project(delta + threat.step_size * ascent_direction(grad, threat), threat)
+                delta = (xr + delta).clamp(0, 1) - xr
+        candidate = (xr + delta).detach()
+        if threat.restarts == 1:
+            return candidate
+        with torch.no_grad():
+            fooled = model(candidate).argmax(dim=1) != yr
+        last = restart == threat.restarts - 1
+        take = fooled | last
+        x_adv[index[take]] = candidate[take]
+        pending[index[fooled]] = False
+    return x_adv
+
+
+class PGD(Attack):
+    """ℓ∞/ℓ2 PGD on the cross-entropy, with random start and restarts (Madry et al. 2018)."""
+
+    name: ClassVar[str] = "pgd"
+    description: ClassVar[str] = "PGD on cross-entropy (Madry et al. 2018), l-inf/l2, random start, restarts"
+
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return pgd(model, x, y, self.threat, cross_entropy_loss, generator)
+
+
+@dataclass(frozen=True)
+class CWConfig:
+    """Attributes:
+    kappa: the margin κ (50 in TeCoA, PMG-AFT, TTC, HPT-GPD).
+    """
+
+    kappa: float = 50.0
+
+
+class CW(Attack):
+    """The CLIP-robustness literature's "CW": PGD on the margin loss −ReLU(z_y − max_{j≠y} z_j + κ), κ = 50."""
+
+    name: ClassVar[str] = "cw"
+    description: ClassVar[str] = "'CW' of TeCoA/TTC: PGD on the margin loss, kappa=50 (not Carlini-Wagner L2)"
+    Config: ClassVar[type] = CWConfig
+
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        kappa = self.config.kappa
+        return pgd(model, x, y, self.threat, lambda logits, labels: margin_loss(logits, labels, kappa), generator)

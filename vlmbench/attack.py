@@ -1,0 +1,122 @@
+"""The attack plugin contract (entry-point group ``vlmbench.attacks``) and its runtime checks.
+
+An attack receives a classifier, clean images and labels, and returns adversarial images. It never
+decides its own budget: the :class:`~vlmbench.protocol.ThreatModel` (norm, ε, steps, step size,
+restarts, random start) is given to it, and :func:`check_perturbation` verifies, on every batch, that
+the result lies in the ε-ball around the clean images and in [0,1]. A violation is a hard error,
+never a reported number.
+
+Attack names on the command line are ``NAME`` or ``NAME-STEPS`` (``pgd-10``, ``cw-100``).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+
+from vlmbench.config import NoConfig, config_dict
+from vlmbench.errors import VlmbenchError
+from vlmbench.protocol import ThreatModel
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+class AttackError(VlmbenchError):
+    """An attack broke its contract (left the ε-ball or [0,1], lost its gradient, ...)."""
+
+
+class Attack(ABC):
+    """Base class of every attack.
+
+    Class attributes:
+        name: registry name (``"pgd"``).
+        description: one line for ``vlmbench list attacks``.
+        version: bump when a change alters results.
+        Config: frozen dataclass of the attack's own parameters, with the paper's defaults.
+        norms: the threat-model norms the attack supports.
+        default_steps: steps when the name carries no ``-STEPS`` suffix.
+
+    Args:
+        threat: the budget to respect.
+        config: instance of ``Config`` (default: all defaults).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type] = NoConfig
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    default_steps: ClassVar[int] = 10
+
+    def __init__(self, threat: ThreatModel, config: Any = None) -> None:
+        if threat.norm not in self.norms:
+            raise AttackError(f"attack {self.name!r} does not support norm {threat.norm!r} (supports {', '.join(self.norms)})")
+        self.threat = threat
+        self.config = config if config is not None else self.Config()
+
+    @abstractmethod
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Adversarial examples for ``model`` at ``(x, y)``.
+
+        Args:
+            model: differentiable map from images ``(N,3,H,W)`` in [0,1] to logits ``(N,C)``.
+            x: clean images, float32, in [0,1].
+            y: true labels ``(N,)``, int64.
+            generator: the only source of randomness (seeded per batch by the runner), on ``x.device``.
+
+        Returns:
+            ``x_adv`` of the same shape and dtype, within ``threat.eps`` of ``x`` in ``threat.norm``
+            and in [0,1].
+        """
+
+    def params(self) -> dict[str, Any]:
+        """The attack's parameters for the protocol record."""
+        return config_dict(self.config)
+
+
+_STEPS_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<steps>\d+)$")
+
+
+def parse_attack_name(spec: str, known: list[str]) -> tuple[str, int | None]:
+    """``"pgd-10"`` → ``("pgd", 10)``; a registered name containing digits wins over the suffix rule."""
+    if spec in known:
+        return spec, None
+    match = _STEPS_SUFFIX.match(spec)
+    if match and match["base"] in known:
+        return match["base"], int(match["steps"])
+    return spec, None
+
+
+# Tolerances for the budget check: float32 rounding of x + δ, nothing more.
+_LINF_TOL = 1e-6
+_L2_RTOL = 1e-5
+
+
+def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ℓ∞ and ℓ2 norms of ``x_adv - x``."""
+    delta = (x_adv - x).flatten(1)
+    return delta.abs().amax(dim=1), delta.norm(dim=1)
+
+
+def check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, threat: ThreatModel, attack: str) -> None:
+    """Raise :class:`AttackError` unless ``x_adv`` is a valid adversarial example under ``threat``."""
+    if x_adv.shape != x.shape or x_adv.dtype != x.dtype:
+        raise AttackError(f"attack {attack!r} returned {tuple(x_adv.shape)}/{x_adv.dtype}, expected {tuple(x.shape)}/{x.dtype}")
+    if not torch.isfinite(x_adv).all():
+        raise AttackError(f"attack {attack!r} returned non-finite pixels")
+    low, high = float(x_adv.min()), float(x_adv.max())
+    if low < 0 or high > 1:
+        raise AttackError(f"attack {attack!r} left [0,1]: pixel range [{low:.6g}, {high:.6g}]")
+    linf, l2 = perturbation_norms(x, x_adv)
+    if threat.norm == "linf":
+        worst = float(linf.max())
+        if worst > threat.eps + _LINF_TOL:
+            raise AttackError(f"attack {attack!r} left the linf ball: ‖δ‖∞ = {worst:.6g} > ε = {threat.eps:.6g}")
+    else:
+        worst = float(l2.max())
+        if worst > threat.eps * (1 + _L2_RTOL) + 1e-7:
+            raise AttackError(f"attack {attack!r} left the l2 ball: ‖δ‖₂ = {worst:.6g} > ε = {threat.eps:.6g}")

@@ -1,0 +1,138 @@
+"""The zero-shot classifier: pixels in [0,1] → class logits, differentiable w.r.t. the pixels.
+
+Resizing and normalisation happen inside :meth:`ZeroShotClassifier.forward`, so every attack acts on
+[0,1] pixels at the dataset's native resolution and the ε-ball means what the protocol says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vlmbench.models import ClipModel, Preprocess
+
+
+def cache_dir() -> Path:
+    """vlmbench's cache folder: ``$VLMBENCH_CACHE``, else ``$XDG_CACHE_HOME/vlmbench``, else ``~/.cache/vlmbench``."""
+    if "VLMBENCH_CACHE" in os.environ:
+        return Path(os.environ["VLMBENCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vlmbench"
+
+
+def resize_and_normalize(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Map images ``(N,3,H,W)`` in [0,1] to the model's normalised input ``(N,3,h,w)``; differentiable.
+
+    ``shortest``: resize so the short side equals the target, then centre-crop; ``squash``: resize
+    both sides. Down-sampling is antialiased; an input already at the target size is not resampled.
+    """
+    h, w = preprocess.size
+    if x.shape[-2:] != (h, w):
+        if preprocess.resize_mode == "shortest":
+            scale = max(h / x.shape[-2], w / x.shape[-1])
+            size = (max(h, round(x.shape[-2] * scale)), max(w, round(x.shape[-1] * scale)))
+        else:
+            size = (h, w)
+        x = F.interpolate(
+            x,
+            size=size,
+            mode=preprocess.interpolation,
+            align_corners=False,
+            antialias=size[0] < x.shape[-2] or size[1] < x.shape[-1],
+        )
+        top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+        x = x[..., top : top + h, left : left + w]
+    mean = torch.tensor(preprocess.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+_TEXT_CACHE: dict[str, torch.Tensor] = {}
+
+
+@torch.no_grad()
+def class_text_embeddings(
+    model: ClipModel,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    *,
+    batch_size: int = 256,
+    disk_cache: bool = True,
+) -> torch.Tensor:
+    """Zero-shot class weights ``(C, D)``: per class, the mean of the unit-normalised embeddings of
+    every template filled with the class name, normalised again (the CLIP prompt-ensemble recipe).
+
+    Cached per (model weights, class names, templates): in memory, and on disk under
+    ``cache_dir()/text`` (``disk_cache=False`` to skip the disk).
+    """
+    key_text = "\x1f".join([model.fingerprint, "\x1e".join(classnames), "\x1e".join(templates)])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    device = next(model.module.parameters()).device
+    if key in _TEXT_CACHE:
+        return _TEXT_CACHE[key].to(device)
+    path = cache_dir() / "text" / f"{key}.pt"
+    if disk_cache and path.is_file():
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        prompts = [template.format(name) for name in classnames for template in templates]
+        chunks = []
+        for start in range(0, len(prompts), batch_size):
+            tokens = model.tokenizer(prompts[start : start + batch_size]).to(device)
+            chunks.append(F.normalize(model.module.encode_text(tokens).float(), dim=-1).cpu())
+        per_prompt = torch.cat(chunks).view(len(classnames), len(templates), -1)
+        weights = F.normalize(per_prompt.mean(dim=1), dim=-1)
+        if disk_cache:
+            _atomic_torch_save(weights, path)
+    _TEXT_CACHE[key] = weights
+    return weights.to(device)
+
+
+def _atomic_torch_save(tensor: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(tensor, tmp)
+    os.replace(tmp, path)
+
+
+class ZeroShotClassifier(torch.nn.Module):
+    """CLIP as a classifier over fixed class-text embeddings.
+
+    ``forward(x)``: ``x`` float32 ``(N,3,H,W)`` in [0,1] at any resolution → logits ``(N,C)`` =
+    ``logit_scale · cos(f(x), t_c)``. Differentiable with respect to ``x``; parameters are frozen.
+
+    Attributes:
+        model: the loaded CLIP model.
+        class_embeddings: unit class-text embeddings ``(C, D)`` (a buffer).
+        logit_scale: the model's learned temperature, ``exp(logit_scale)`` (≤ 100 for CLIP).
+    """
+
+    def __init__(self, model: ClipModel, class_embeddings: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.clip = model.module  # a registered submodule, so .to(device) moves the weights
+        self.register_buffer("class_embeddings", class_embeddings.float())
+        self.logit_scale = model.logit_scale
+
+    @classmethod
+    def build(cls, model: ClipModel, classnames: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:
+        return cls(model, class_text_embeddings(model, classnames, templates))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_embeddings.shape[0])
+
+    def encode_image(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image embeddings ``(N, D)`` of pixels ``x`` in [0,1]; un-normalised unless asked."""
+        features = self.model.module.encode_image(resize_and_normalize(x, self.model.preprocess))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from (un-normalised) image embeddings; for defenses that act in embedding space."""
+        return self.logit_scale * F.normalize(features, dim=-1) @ self.class_embeddings.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.encode_image(x))

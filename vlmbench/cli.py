@@ -1,0 +1,228 @@
+"""``vlmbench`` command line: run, list, results, world.
+
+Every user-facing failure is a :class:`~vlmbench.errors.VlmbenchError`; the CLI prints it as one
+line on stderr and exits with status 2, without a traceback and without touching existing results.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vlmbench.errors import VlmbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Adversarial-robustness benchmark for zero-shot CLIP models.")
+results_app = typer.Typer(no_args_is_help=True, help="Inspect results files.")
+world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world and its tiny CLIP models.")
+app.add_typer(results_app, name="results")
+app.add_typer(world_app, name="world")
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn vlmbench's own errors into ``error: <one line>`` and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VlmbenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split(values: list[str] | None) -> tuple[str, ...]:
+    """Accept both repeated options and comma-separated lists."""
+    return tuple(v.strip() for value in values or [] for v in value.split(",") if v.strip())
+
+
+def _load_plugin_sources(sources: list[str] | None) -> None:
+    from vlmbench.registry import plugins
+
+    for source in sources or []:
+        plugins().load_source(source)
+
+
+PluginOption = Annotated[
+    list[str] | None,
+    typer.Option("--plugin", help="Module name or .py file defining extra plugins (repeatable)."),
+]
+
+
+@app.command()
+@user_errors
+def run(
+    model: Annotated[list[str] | None, typer.Option(help="Model: registered name, ARCH:TAG, ARCH:/ckpt, hf-hub:ID, local-dir:PATH.")] = None,
+    defense: Annotated[list[str] | None, typer.Option(help="Defense name, or a composition a+b.")] = None,
+    attack: Annotated[list[str] | None, typer.Option(help="Attack NAME or NAME-STEPS (pgd-10, cw-100, none).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Dataset names or glob patterns (default: world-*).")] = None,
+    eps: Annotated[list[str] | None, typer.Option(help="Radius: 1/255 or a float (default: 1/255).")] = None,
+    norm: Annotated[str, typer.Option(help="Threat model norm: linf or l2.")] = "linf",
+    step_size: Annotated[str | None, typer.Option(help="Attack step size (default: see docs/protocol.md).")] = None,
+    restarts: Annotated[int, typer.Option(help="Random restarts per attack.")] = 1,
+    random_start: Annotated[bool, typer.Option(help="Start attacks at a random point of the ball.")] = True,
+    samples: Annotated[int | None, typer.Option(help="Images per dataset (default: the whole split).")] = None,
+    selection: Annotated[str, typer.Option(help="first or random (seeded) sample selection.")] = "first",
+    split: Annotated[str | None, typer.Option(help="Dataset split (default: the dataset's evaluation split).")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
+    data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
+    output: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
+    attack_param: Annotated[list[str] | None, typer.Option(help="Attack parameter key=value (repeatable).")] = None,
+    defense_param: Annotated[list[str] | None, typer.Option(help="Defense parameter key=value (repeatable).")] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
+    import pandas as pd
+    import torch
+
+    from vlmbench import results
+    from vlmbench.runner import RunRequest, execute, plan
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _load_plugin_sources(plugin)
+    defaults = RunRequest()
+    request = RunRequest(
+        models=_split(model) or defaults.models,
+        defenses=_split(defense) or defaults.defenses,
+        attacks=_split(attack) or defaults.attacks,
+        datasets=_split(dataset) or defaults.datasets,
+        eps=_split(eps) or defaults.eps,
+        norm=norm,
+        step_size=step_size,
+        restarts=restarts,
+        random_start=random_start,
+        n_samples=samples,
+        selection=selection,
+        seed=seed,
+        batch_size=batch_size,
+        split=split,
+        device=device,
+        data_root=data_root,
+        output=output,
+        attack_params=tuple(attack_param or ()),
+        defense_params=tuple(defense_param or ()),
+    )
+    the_plan = plan(request)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("loading model", total=the_plan.n_images)
+
+        def on_cell(protocol: Any, n: int) -> None:
+            desc = f"{protocol.data.dataset} · {protocol.model.name} · {protocol.defense.name} · {protocol.attack.name} ε={protocol.threat.eps_label}"
+            progress.update(task, description=desc)
+
+        outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k))
+        progress.update(task, description="done")
+    rows = pd.concat([o.rows for o in outcomes], ignore_index=True)
+    print_summary(results.summarize(rows))
+    cached = sum(o.status == "cached" for o in outcomes)
+    resumed = sum(o.status == "resumed" for o in outcomes)
+    console.print(
+        f"{len(outcomes)} cells ({cached} already complete, {resumed} resumed) → {output}/", highlight=False
+    )
+
+
+def print_summary(summary: Any) -> None:
+    """Print :func:`vlmbench.results.summarize` as one table per (model, defense, track, norm):
+    a row per dataset (and the mean), the clean accuracy, and one robust column per attack × ε."""
+    for (model, defense, track, norm), group in summary.groupby(["model", "defense", "track", "norm"], sort=False):
+        table = Table(title=f"{model} · defense {defense} · {track} · {norm}", title_justify="left")
+        table.add_column("dataset")
+        table.add_column("n", justify="right")
+        table.add_column("clean %", justify="right")
+        attacks = list(dict.fromkeys(zip(group["attack"], group["eps_label"])))
+        for attack, eps in attacks:
+            table.add_column(f"{attack} ε={eps}", justify="right")
+        for dataset, rows in group.groupby("dataset", sort=False):
+            robust = {(r.attack, r.eps_label): f"{r.robust_acc:.1f}" for r in rows.itertuples()}
+            table.add_row(
+                dataset,
+                str(int(rows["n"].iloc[0])),
+                f"{rows['clean_acc'].mean():.1f}",
+                *[robust.get(key, "") for key in attacks],
+                style="bold" if dataset == "mean" else None,
+                end_section=dataset == "mean",
+            )
+        console.print(table)
+
+
+@app.command("list")
+@user_errors
+def list_plugins(
+    kind: Annotated[str | None, typer.Argument(help="defenses, attacks, datasets or models (default: all).")] = None,
+    data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """List registered plugins with a one-line description each."""
+    from vlmbench.registry import KINDS, PluginError, plugins, unknown_name_message
+
+    if kind is not None and kind not in KINDS:
+        raise PluginError(unknown_name_message("plugin kind", kind, list(KINDS)))
+    _load_plugin_sources(plugin)
+    for name in [kind] if kind else list(KINDS):
+        table = Table(title=name, title_justify="left")
+        table.add_column("name")
+        table.add_column("description")
+        if name == "datasets":
+            table.add_column("status")
+        if name in ("defenses", "attacks"):
+            table.add_column("kind" if name == "defenses" else "norms")
+        for plugin_name, value, error in plugins()[name].items():
+            if error is not None:
+                table.add_row(plugin_name, f"[red]broken:[/] {error}", *([""] if name != "models" else []))
+                continue
+            extra: list[str] = []
+            if name == "datasets":
+                extra = [value.status(data_root)]
+            elif name == "defenses":
+                extra = [value.kind()]
+            elif name == "attacks":
+                extra = [", ".join(value.norms)]
+            table.add_row(plugin_name, value.description, *extra)
+        console.print(table)
+
+
+@results_app.command("show")
+@user_errors
+def results_show(path: Annotated[Path, typer.Argument(help="A results file or folder.")]) -> None:
+    """Print the clean/robust accuracy table of a results file or folder."""
+    from vlmbench import results
+
+    print_summary(results.summarize(results.load_results(path)))
+
+
+@results_app.command("schema")
+def results_schema() -> None:
+    """Print the per-sample results schema."""
+    from vlmbench import results
+
+    table = Table()
+    for column in ("column", "type", "description"):
+        table.add_column(column)
+    for row in results.describe_schema():
+        table.add_row(*row)
+    console.print(table)

@@ -1,0 +1,211 @@
+"""CLIP models: loading any open_clip model, and the model plugins of the registry.
+
+``--model`` accepts, in this order of precedence:
+
+* a registered model name (``world-vit``; see ``vlmbench list models``);
+* ``hf-hub:ORG/REPO``: an open_clip model repository from the Hugging Face cache (or hub when online);
+* ``local-dir:PATH``: a folder in open_clip's hub format (``open_clip_config.json`` + weights);
+* ``ARCH:PRETRAINED``: an open_clip architecture (``open_clip.list_models()``) with a pretrained tag
+  (``ViT-B-32:openai``) or a checkpoint file (``ViT-B-32:/ckpt/tecoa.pt``).
+
+Preprocessing constants (mean, std, interpolation, input size) come from the pretrained tag or the
+model folder's config, exactly as open_clip would use them, and are applied inside the classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlmbench.errors import VlmbenchError
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+class ModelLoadError(VlmbenchError):
+    """A model spec could not be resolved or its weights could not be loaded."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels in [0,1] become the model's input: resize, then normalise.
+
+    Attributes:
+        size: model input size ``(H, W)``.
+        mean, std: per-channel normalisation constants of the pretrained weights.
+        interpolation: ``"bicubic"`` or ``"bilinear"`` (as in the pretrained tag's config).
+        resize_mode: ``"shortest"`` (resize the short side to ``size``, then centre-crop) or
+            ``"squash"`` (resize both sides to ``size``).
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def describe(self) -> str:
+        return f"{self.resize_mode}-{self.interpolation}-{self.size[0]}x{self.size[1]}"
+
+
+@dataclass
+class ClipModel:
+    """A loaded CLIP model in float32, evaluation mode, parameters frozen.
+
+    Attributes:
+        name: the spec it was loaded from (as recorded in the protocol).
+        module: the open_clip model (``encode_image``, ``encode_text``, ``logit_scale``).
+        tokenizer: ``list[str] -> LongTensor[N, context_length]``.
+        preprocess: resize/normalise constants.
+        fingerprint: SHA-256 of the parameters (first 16 hex digits); changes whenever the weights do.
+    """
+
+    name: str
+    module: torch.nn.Module
+    tokenizer: Tokenizer
+    preprocess: Preprocess
+    fingerprint: str
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.module.logit_scale.detach().exp())
+
+
+def parameter_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (name, dtype, shape, bytes), first 16 hex digits."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """float32, eval mode, no parameter gradients (attacks only need input gradients)."""
+    module = module.float().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class ModelPlugin(ABC):
+    """A registered model (entry-point group ``vlmbench.models``)."""
+
+    name: str
+    description: str
+
+    @abstractmethod
+    def load(self, device: torch.device | str = "cpu") -> ClipModel:
+        """Load the model onto ``device``; raises :class:`ModelLoadError` with a one-line message."""
+
+
+class OpenClipModel(ModelPlugin):
+    """Any open_clip model: ``model_name`` as open_clip takes it, plus an optional ``pretrained``.
+
+    Args:
+        name: registry name or the user's spec.
+        description: one line for listings.
+        model_name: open_clip model name, ``hf-hub:...`` or ``local-dir:...``.
+        pretrained: tag or checkpoint path (only without a schema).
+        tokenizer: factory of a custom tokenizer; default ``open_clip.get_tokenizer(model_name)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        model_name: str,
+        pretrained: str | None = None,
+        tokenizer: Callable[[], Tokenizer] | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self._tokenizer = tokenizer
+
+    def load(self, device: torch.device | str = "cpu") -> ClipModel:
+        import open_clip
+
+        try:
+            module = open_clip.create_model(
+                self.model_name, pretrained=self.pretrained, device=device, require_pretrained=True
+            )
+            tokenizer = self._tokenizer() if self._tokenizer else open_clip.get_tokenizer(self.model_name)
+        except Exception as exc:
+            raise ModelLoadError(_explain_load_failure(self.name, exc)) from exc
+        cfg = open_clip.get_model_preprocess_cfg(module)
+        size = cfg.get("size", 224)
+        preprocess = Preprocess(
+            size=(size, size) if isinstance(size, int) else tuple(size),  # type: ignore[arg-type]
+            mean=tuple(cfg["mean"]),  # type: ignore[arg-type]
+            std=tuple(cfg["std"]),  # type: ignore[arg-type]
+            interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode", "shortest"),
+        )
+        if preprocess.resize_mode not in ("shortest", "squash"):
+            raise ModelLoadError(
+                f"model {self.name!r}: resize_mode {preprocess.resize_mode!r} is not supported (use shortest or squash)"
+            )
+        module = freeze(module)
+        return ClipModel(self.name, module, tokenizer, preprocess, parameter_fingerprint(module))
+
+
+def _explain_load_failure(spec: str, exc: Exception) -> str:
+    chain, cause = [], exc
+    while cause is not None:
+        chain.append(type(cause).__name__)
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if any(name in ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "gaierror") for name in chain):
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        return (
+            f"cannot load weights for model {spec!r}: not in the local Hugging Face cache and no network{offline}; "
+            "put the weights in the cache or pass a checkpoint file as ARCH:/path/to/weights"
+        )
+    return f"cannot load model {spec!r}: {text}"
+
+
+def resolve_model(spec: str) -> ModelPlugin:
+    """The model plugin for a ``--model`` value (see the module docstring for the grammar).
+
+    Raises:
+        ModelLoadError: malformed spec or unknown architecture (with close matches).
+    """
+    from vlmbench.registry import PluginError, plugins, unknown_name_message
+
+    registry = plugins().models
+    if spec in registry:
+        try:
+            return registry.get(spec)
+        except PluginError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        if spec.startswith("local-dir:") and not Path(spec.split(":", 1)[1]).is_dir():
+            raise ModelLoadError(f"model folder {spec.split(':', 1)[1]!r} does not exist")
+        return OpenClipModel(spec, "open_clip model", spec)
+    arch, sep, pretrained = spec.partition(":")
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        known = registry.names() + open_clip.list_models()
+        raise ModelLoadError(unknown_name_message("model", arch if sep else spec, known))
+    if not sep or not pretrained:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)[:6]) or "none built in"
+        raise ModelLoadError(
+            f"model {spec!r} needs weights: use {arch}:TAG (tags: {tags}) or {arch}:/path/to/checkpoint"
+        )
+    looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    if looks_like_path and not Path(pretrained).is_file():
+        raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist")
+    if not looks_like_path and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        known_tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise ModelLoadError(unknown_name_message(f"pretrained tag for {arch}", pretrained, known_tags))
+    return OpenClipModel(spec, "open_clip model", arch, pretrained)

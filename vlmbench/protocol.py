@@ -1,0 +1,247 @@
+"""The protocol record: everything that determines a number, as one frozen value.
+
+A :class:`Protocol` is built once per cell (model × defense × attack × dataset × ε), stored with
+every per-sample result row (as JSON plus flattened columns), and hashed to name the cell. Two rows
+with equal protocol hashes were measured the same way; rows whose hashes differ must not be averaged
+together without saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from typing import Any, Literal
+
+from vlmbench.errors import VlmbenchError
+
+Norm = Literal["linf", "l2"]
+Track = Literal["oblivious", "adaptive"]
+NORMS: tuple[str, ...] = ("linf", "l2")
+
+
+class ProtocolError(VlmbenchError, ValueError):
+    """An invalid protocol value (ε, norm, steps, ...). The message is one line, fit for a user."""
+
+
+_EPS_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(\d+(?:\.\d*)?))?\s*$")
+
+
+def parse_eps(text: str | float) -> tuple[float, str]:
+    """Parse an ε given as ``"4/255"``, ``"0.0157"`` or a float.
+
+    Returns:
+        ``(value, label)``: the float radius and a canonical label (``"4/255"`` for fractions of 255,
+        otherwise the shortest float repr).
+
+    Raises:
+        ProtocolError: not a number or a fraction, negative, zero, not finite, or larger than 1 would
+            be for an ℓ∞ ball on [0,1] pixels (ℓ2 radii above 1 are allowed; see :func:`check_eps`).
+    """
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        match = _EPS_RE.match(text)
+        if match is None:
+            raise ProtocolError(f"bad ε {text!r}: give a number such as 0.0157 or a fraction such as 4/255")
+        numerator, denominator = match.groups()
+        if denominator is not None and float(denominator) == 0:
+            raise ProtocolError(f"bad ε {text!r}: division by zero")
+        value = float(numerator) / float(denominator) if denominator else float(numerator)
+    if not math.isfinite(value) or value <= 0:
+        raise ProtocolError(f"bad ε {text!r}: must be a positive finite number")
+    return value, eps_label(value)
+
+
+def eps_label(value: float) -> str:
+    """``4/255`` when ``value`` is (numerically) k/255 for a simple k, else the float."""
+    k = Fraction(value * 255).limit_denominator(8)
+    if k > 0 and abs(float(k) / 255 - value) < 1e-9:
+        return f"{k.numerator}/255" if k.denominator == 1 else f"{float(k):g}/255"
+    return repr(float(value))
+
+
+def default_step_size(norm: Norm, eps: float, steps: int) -> float:
+    """The step size used when none is given.
+
+    ℓ∞: the literature's fixed 1/255 (TeCoA, PMG-AFT, TTC, HPT-GPD: ε ∈ {1,2,4}/255 with 2–100 steps
+    all use α = 1/255), raised to Madry et al.'s 2.5·ε/steps when 1/255 could not cross the ball
+    within the step budget, and never more than ε:  ``α = min(ε, max(1/255, 2.5·ε/steps))``.
+    So ε = 1/255 with 10 steps gives 1/255, ε = 4/255 with 10 steps gives 1/255, ε = 16/255 with
+    10 steps gives 4/255.
+
+    ℓ2: Madry's rule ``α = 2.5·ε/steps``.
+    """
+    if steps < 1:
+        raise ProtocolError(f"bad number of steps {steps}: must be ≥ 1")
+    if norm == "linf":
+        return min(eps, max(1 / 255, 2.5 * eps / steps))
+    return 2.5 * eps / steps
+
+
+def check_eps(norm: str, eps: float) -> None:
+    """ℓ∞ radii above 1 make the [0,1] box constraint the only one: almost surely a unit mistake."""
+    if norm not in NORMS:
+        raise ProtocolError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+    if norm == "linf" and eps > 1:
+        raise ProtocolError(f"bad ε {eps:g} for linf: pixels are in [0,1], so ε must be ≤ 1 (did you mean {eps:g}/255?)")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The attacker's budget.
+
+    Attributes:
+        norm: ``"linf"`` or ``"l2"``, measured on [0,1] pixels at the dataset's native resolution
+            (or at whatever resolution ``DataSpec.resolution`` says the attack runs).
+        eps: radius of the ball.
+        eps_label: how the user wrote it, canonicalised (``"4/255"``).
+        steps: iterations per restart (0 for the clean-only "attack").
+        step_size: per-iteration step (ℓ∞: sign step; ℓ2: normalised-gradient step).
+        restarts: independent random starts; a sample counts as broken if any restart breaks it.
+        random_start: start uniformly inside the ball (else at the clean image).
+    """
+
+    norm: Norm
+    eps: float
+    eps_label: str
+    steps: int
+    step_size: float
+    restarts: int = 1
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_eps(self.norm, self.eps)
+        if self.steps < 0 or self.restarts < 1:
+            raise ProtocolError(f"bad steps/restarts {self.steps}/{self.restarts}: need steps ≥ 0, restarts ≥ 1")
+        if self.steps > 0 and not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise ProtocolError(f"bad step size {self.step_size!r}: must be a positive number")
+
+    @classmethod
+    def build(
+        cls,
+        norm: str,
+        eps: str | float,
+        steps: int,
+        step_size: str | float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+    ) -> ThreatModel:
+        """Parse user-facing values (ε and step size as ``"1/255"`` or floats) into a threat model."""
+        value, label = parse_eps(eps)
+        check_eps(norm, value)
+        if steps < 0:
+            raise ProtocolError(f"bad number of steps {steps}: must be ≥ 0")
+        if step_size is None:
+            alpha = default_step_size(norm, value, steps) if steps > 0 else 0.0  # type: ignore[arg-type]
+        else:
+            alpha = parse_eps(step_size)[0]
+        return cls(norm, value, label, steps, alpha, restarts, random_start)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images were evaluated.
+
+    Attributes:
+        dataset: registry name.
+        split: dataset split.
+        n_samples: how many images were evaluated.
+        indices_sha256: SHA-256 of the chosen indices (as comma-separated decimal text, in order);
+            the indices themselves are in every row's ``sample_index`` column.
+        selection: how the indices were chosen (``"first"``, ``"random"``: seeded permutation).
+        resolution: where resizing happens: ``"native"`` means the attack acts on the dataset's
+            native pixels and the model resizes inside its forward (``"native→224 bicubic"``).
+    """
+
+    dataset: str
+    split: str
+    n_samples: int
+    indices_sha256: str
+    selection: str
+    resolution: str
+
+
+@dataclass(frozen=True)
+class PluginRef:
+    """A plugin as used: registry name, the plugin's version, and its parameters (JSON-able)."""
+
+    name: str
+    version: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # params is a dict; hash the canonical JSON instead
+        return hash(canonical_json(asdict(self)))
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The complete description of one evaluation cell.
+
+    Attributes:
+        model: the model (``name`` is the user's spec, ``version`` the weights' SHA-256 prefix).
+        defense: the defense and its parameters.
+        attack: the attack and its parameters (loss, κ, ...).
+        threat: the threat model.
+        data: the evaluated images.
+        seed: base seed; every batch's generator is derived from it and the batch's position.
+        batch_size: evaluation batch size (random starts are drawn per batch).
+        precision: ``"fp32"``: attacks and evaluation run in float32.
+        track: ``"oblivious"`` (craft on the undefended model) or ``"adaptive"`` (craft on the full
+            defended pipeline). With no test-time defense both coincide; the track is then
+            ``"oblivious"``.
+        versions: versions of the packages the numbers depend on (vlmbench, torch, open_clip, ...).
+    """
+
+    model: PluginRef
+    defense: PluginRef
+    attack: PluginRef
+    threat: ThreatModel
+    data: DataSpec
+    seed: int
+    batch_size: int
+    precision: str = "fp32"
+    track: Track = "oblivious"
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Protocol:
+        raw = json.loads(text)
+        return cls(
+            model=PluginRef(**raw["model"]),
+            defense=PluginRef(**raw["defense"]),
+            attack=PluginRef(**raw["attack"]),
+            threat=ThreatModel(**raw["threat"]),
+            data=DataSpec(**raw["data"]),
+            **{f.name: raw[f.name] for f in fields(cls) if f.name not in {"model", "defense", "attack", "threat", "data"}},
+        )
+
+    def cell_hash(self) -> str:
+        """Identity of the measurement: the protocol minus package versions, 16 hex digits.
+
+        Versions are left out so that re-running a finished cell after a patch-level upgrade is a
+        resume, not a new cell; they stay in every row for provenance.
+        """
+        identity = {k: v for k, v in self.to_dict().items() if k != "versions"}
+        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) used for hashing and storage."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def indices_sha256(indices: list[int]) -> str:
+    return hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()

@@ -1,0 +1,500 @@
+"""The runner: expands a request into cells, evaluates them batch by batch, writes Parquet.
+
+Data flows one way: :class:`RunRequest` → :func:`plan` (every name, ε and parameter validated before
+any computation) → cells → per-sample rows → one Parquet file per cell.
+
+Resume: each finished batch is written atomically to ``OUTPUT/.partial/<cell>/``; when a cell is
+complete its rows are merged into ``OUTPUT/<cell>.parquet`` (atomically) and the staging folder is
+removed. A rerun skips complete cells and, inside an interrupted cell, the finished batches. Every
+batch's randomness is seeded from (seed, cell, batch position), so a resumed cell has exactly the
+rows an uninterrupted one would have had.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vlmbench import results
+from vlmbench.attack import Attack, check_perturbation, parse_attack_name, perturbation_norms
+from vlmbench.classifier import ZeroShotClassifier, cache_dir
+from vlmbench.config import build_config
+from vlmbench.data import DatasetPlugin, ZeroShotDataset
+from vlmbench.defense import Defense, DefenseContext
+from vlmbench.errors import VlmbenchError
+from vlmbench.models import ClipModel, ModelPlugin, resolve_model
+from vlmbench.protocol import DataSpec, PluginRef, Protocol, ThreatModel, indices_sha256
+from vlmbench.registry import PluginError, plugins, unknown_name_message
+
+VERSIONED_PACKAGES = ("vlmbench", "torch", "torchvision", "open_clip_torch", "pyautoattack", "numpy")
+
+
+class RunError(VlmbenchError):
+    """A run request that cannot be carried out (bad combination of options, unusable output path...)."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked for; list-valued fields expand to a matrix (their product).
+
+    Attributes:
+        models, defenses, attacks, datasets, eps: names/specs; ``datasets`` entries may be glob
+            patterns over registered names (``world-*``); a defense may be a ``+``-joined composition.
+        norm: ``linf`` or ``l2``.
+        step_size: override of the default step-size rule (``1/255`` or a float), or None.
+        restarts: random restarts per attack.
+        random_start: start attacks at a random point of the ball.
+        n_samples: images per dataset (None: the whole split).
+        selection: ``first`` (indices 0..n-1) or ``random`` (a seeded sample, kept in index order).
+        seed: base seed.
+        batch_size: images per batch.
+        split: dataset split (None: each dataset's default).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        data_root: root of real datasets.
+        output: results folder.
+        attack_params, defense_params: ``key=value`` plugin parameters.
+    """
+
+    models: tuple[str, ...] = ("world-vit",)
+    defenses: tuple[str, ...] = ("none",)
+    attacks: tuple[str, ...] = ("pgd-10",)
+    datasets: tuple[str, ...] = ("world-*",)
+    eps: tuple[str, ...] = ("4/255",)
+    norm: str = "linf"
+    step_size: str | None = None
+    restarts: int = 1
+    random_start: bool = True
+    n_samples: int | None = None
+    selection: str = "first"
+    seed: int = 0
+    batch_size: int = 128
+    split: str | None = None
+    device: str = "auto"
+    data_root: Path | None = None
+    output: Path = Path("results")
+    attack_params: tuple[str, ...] = ()
+    defense_params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttackChoice:
+    spec: str  # as written: "pgd-10"
+    cls: type[Attack]
+    threat: ThreatModel
+    config: Any
+
+
+@dataclass(frozen=True)
+class DefenseChoice:
+    spec: str  # as written: "tecoa+ttc"
+    parts: tuple[Defense, ...]
+
+
+@dataclass
+class Plan:
+    """A validated request: resolved plugins and the cells to run, in execution order."""
+
+    request: RunRequest
+    models: list[ModelPlugin]
+    defenses: list[DefenseChoice]
+    datasets: list[tuple[DatasetPlugin, ZeroShotDataset, list[int]]]  # plugin, loaded split, chosen indices
+    attacks: list[AttackChoice]  # one per (attack, ε)
+    device: torch.device
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.models) * len(self.defenses) * len(self.datasets) * len(self.attacks)
+
+    @property
+    def n_images(self) -> int:
+        """Images to evaluate over all cells (for progress bars)."""
+        per_cell_set = sum(len(indices) for _, _, indices in self.datasets)
+        return len(self.models) * len(self.defenses) * len(self.attacks) * per_cell_set
+
+
+@dataclass
+class CellOutcome:
+    path: Path
+    protocol: Protocol
+    status: str  # "computed", "resumed" or "cached"
+    rows: pd.DataFrame = field(repr=False)
+
+
+def plan(request: RunRequest) -> Plan:
+    """Validate every part of ``request`` and resolve its plugins; nothing is computed yet."""
+    registry = plugins()
+    if request.batch_size < 1:
+        raise RunError(f"bad batch size {request.batch_size}: must be ≥ 1")
+    if request.n_samples is not None and request.n_samples < 1:
+        raise RunError(f"bad number of samples {request.n_samples}: must be ≥ 1")
+    if request.selection not in ("first", "random"):
+        raise RunError(f"bad selection {request.selection!r}: use first or random")
+    if request.output.exists() and not request.output.is_dir():
+        raise RunError(f"output {request.output} exists and is not a folder")
+    models = [resolve_model(spec) for spec in request.models]
+    defenses = [_resolve_defense(spec, request.defense_params) for spec in request.defenses]
+    datasets = []
+    for name in _expand_datasets(request.datasets):
+        plugin: DatasetPlugin = registry.datasets.get(name)
+        if request.split is not None and request.split not in plugin.splits:
+            raise RunError(f"dataset {name!r} has no split {request.split!r}; its splits: {', '.join(plugin.splits)}")
+        dataset = plugin.load(request.data_root, request.split)
+        indices = select_indices(len(dataset), request.n_samples, request.selection, request.seed)
+        datasets.append((plugin, dataset, indices))
+    attacks = [
+        _resolve_attack(spec, eps, request) for spec in request.attacks for eps in request.eps
+    ]
+    return Plan(request, models, defenses, datasets, attacks, _device(request.device))
+
+
+def _device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise RunError(f"bad device {spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {spec!r} requested but CUDA is not available")
+    return device
+
+
+def _expand_datasets(patterns: tuple[str, ...]) -> list[str]:
+    known = plugins().datasets.names()
+    chosen: list[str] = []
+    for pattern in patterns:
+        matches = fnmatch.filter(known, pattern) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise PluginError(f"no dataset matches {pattern!r}; known: {', '.join(known)}")
+        for name in matches:
+            if name not in known:
+                raise PluginError(unknown_name_message("dataset", name, known))
+            if name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def _resolve_attack(spec: str, eps: str, request: RunRequest) -> AttackChoice:
+    registry = plugins().attacks
+    name, steps = parse_attack_name(spec, registry.names())
+    cls: type[Attack] = registry.get(name)
+    steps = cls.default_steps if steps is None else steps
+    if steps == 0 and cls.default_steps != 0:
+        raise RunError(f"attack {spec!r} needs at least one step")
+    threat = ThreatModel.build(
+        request.norm, eps, steps, request.step_size, request.restarts, request.random_start
+    )
+    config = build_config(cls.Config, request.attack_params, f"attack {name!r}")
+    cls(threat, config)  # validates norm support now rather than mid-run
+    return AttackChoice(spec, cls, threat, config)
+
+
+def _resolve_defense(spec: str, assignments: tuple[str, ...]) -> DefenseChoice:
+    registry = plugins().defenses
+    names = spec.split("+")
+    parts = []
+    for name in names:
+        cls: type[Defense] = registry.get(name)
+        mine = []
+        for assignment in assignments:
+            target, dot, rest = assignment.partition(".")
+            if dot and target in names and "=" not in target:
+                if target == name:
+                    mine.append(rest)
+            elif len(names) == 1:
+                mine.append(assignment)
+            else:
+                raise RunError(f"defense parameter {assignment!r} is ambiguous in {spec!r}: write DEFENSE.key=value")
+        parts.append(cls(build_config(cls.Config, mine, f"defense {name!r}")))
+    return DefenseChoice(spec, tuple(parts))
+
+
+def select_indices(total: int, n_samples: int | None, selection: str, seed: int) -> list[int]:
+    """The evaluated indices: the first ``n``, or a seeded random ``n`` in increasing order."""
+    if n_samples is None or n_samples >= total:
+        return list(range(total))
+    if selection == "first":
+        return list(range(n_samples))
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(total, size=n_samples, replace=False))
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_revision() -> str | None:
+    """The vlmbench checkout's commit (with ``-dirty`` if modified), or None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return None
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def run_metadata(device: torch.device) -> dict[str, Any]:
+    return {
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv),
+    }
+
+
+class _PassCounter(torch.nn.Module):
+    """Counts images sent forward through, and gradients sent back through, the wrapped model."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.forward_images = 0
+        self.backward_images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forward_images += x.shape[0]
+        out = self.inner(x)
+        if out.requires_grad:
+            n = x.shape[0]
+            out.register_hook(lambda grad: self._count_backward(n))
+        return out
+
+    def _count_backward(self, n: int) -> None:
+        self.backward_images += n
+
+
+def batch_seed(seed: int, cell_id: str, start: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{cell_id}:{start}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def cell_filename(protocol: Protocol) -> str:
+    parts = [protocol.data.dataset, protocol.model.name, protocol.defense.name, protocol.attack.name,
+             f"{protocol.threat.norm}-{protocol.threat.eps_label}", protocol.cell_hash()]
+    safe = ["".join(c if c.isalnum() or c in ".-" else "_" for c in p) for p in parts]
+    return "__".join(safe) + ".parquet"
+
+
+def execute(
+    plan_: Plan,
+    on_cell: Callable[[Protocol, int], None] | None = None,
+    on_advance: Callable[[int], None] | None = None,
+) -> list[CellOutcome]:
+    """Run every cell of ``plan_``; ``on_cell(protocol, n)`` announces a cell, ``on_advance(k)`` reports images done."""
+    request = plan_.request
+    device = plan_.device
+    outcomes: list[CellOutcome] = []
+    meta = run_metadata(device)
+    versions = meta["versions"]
+    for model_plugin in plan_.models:
+        original = model_plugin.load(device)
+        for defense in plan_.defenses:
+            context = DefenseContext(cache_dir() / "defenses", device, request.seed, request.data_root, original)
+            model = original
+            for part in defense.parts:
+                model = part.adapt_model(model, context)
+            for dataset_plugin, dataset, indices in plan_.datasets:
+                classifier = ZeroShotClassifier.build(model, dataset.classnames, dataset.templates).to(device)
+                defended: torch.nn.Module = classifier
+                for part in defense.parts:
+                    defended = part.wrap(defended, context)  # type: ignore[arg-type]
+                data_spec = DataSpec(
+                    dataset=dataset_plugin.name,
+                    split=dataset.split,
+                    n_samples=len(indices),
+                    indices_sha256=indices_sha256(indices),
+                    selection=request.selection if len(indices) < len(dataset) else "all",
+                    resolution=f"native, resized inside the model ({model.preprocess.describe()})",
+                )
+                for attack in plan_.attacks:
+                    protocol = Protocol(
+                        model=PluginRef(model_plugin.name, original.fingerprint),
+                        defense=PluginRef(defense.spec, "+".join(p.version for p in defense.parts),
+                                          {p.name: p.params() for p in defense.parts}),
+                        attack=PluginRef(attack.spec, attack.cls.version, _attack_params(attack)),
+                        threat=attack.threat,
+                        data=data_spec,
+                        seed=request.seed,
+                        batch_size=request.batch_size,
+                        versions=versions,
+                    )
+                    if on_cell:
+                        on_cell(protocol, len(indices))
+                    outcomes.append(
+                        _run_cell(protocol, model, attack, classifier, defended, dataset, indices,
+                                  request.output, meta, device, on_advance)
+                    )
+    return outcomes
+
+
+def _attack_params(attack: AttackChoice) -> dict[str, Any]:
+    return attack.cls(attack.threat, attack.config).params()
+
+
+def _run_cell(
+    protocol: Protocol,
+    model: ClipModel,
+    attack: AttackChoice,
+    classifier: ZeroShotClassifier,
+    defended: torch.nn.Module,
+    dataset: ZeroShotDataset,
+    indices: list[int],
+    output: Path,
+    meta: dict[str, Any],
+    device: torch.device,
+    on_advance: Callable[[int], None] | None,
+) -> CellOutcome:
+    cell_id = protocol.cell_hash()
+    final = output / cell_filename(protocol)
+    if final.exists():
+        rows = _validated_existing(final, protocol)
+        if on_advance:
+            on_advance(len(indices))
+        return CellOutcome(final, protocol, "cached", rows)
+    staging = output / results.PARTIAL_DIR / cell_id
+    batch_size = protocol.batch_size
+    started = time.perf_counter()
+    frames, resumed = [], False
+    for start in range(0, len(indices), batch_size):
+        part = staging / f"{start:09d}.parquet"
+        batch_indices = indices[start : start + batch_size]
+        frame = _read_part(part, batch_indices)
+        if frame is None:
+            frame = _run_batch(protocol, model, attack, classifier, defended, dataset, batch_indices,
+                               batch_seed(protocol.seed, cell_id, start), device)
+            results.write_atomic(results.to_table(frame, {}), part)
+        else:
+            resumed = True
+        frames.append(frame)
+        if on_advance:
+            on_advance(len(batch_indices))
+    rows = pd.concat(frames, ignore_index=True)
+    run = {**meta, "wall_time_s": time.perf_counter() - started, "resumed": resumed,
+           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results.write_atomic(results.to_table(rows, run), final)
+    shutil.rmtree(staging, ignore_errors=True)
+    return CellOutcome(final, protocol, "resumed" if resumed else "computed", rows)
+
+
+def _validated_existing(path: Path, protocol: Protocol) -> pd.DataFrame:
+    """An existing cell file must be complete and of the same protocol; otherwise stop, touching nothing."""
+    rows = results.read_file(path).to_pandas()
+    complete = len(rows) == protocol.data.n_samples and (rows["cell_id"] == protocol.cell_hash()).all()
+    if not complete:
+        raise results.ResultsError(
+            f"existing results file {path} is incomplete or from another protocol; move it away to recompute the cell"
+        )
+    return rows
+
+
+def _read_part(path: Path, batch_indices: list[int]) -> pd.DataFrame | None:
+    """A finished batch from staging, or None when absent or unusable (it is then recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        frame = results.read_file(path).to_pandas()
+    except results.ResultsError:
+        return None
+    return frame if frame["sample_index"].tolist() == batch_indices else None
+
+
+def _run_batch(
+    protocol: Protocol,
+    model: ClipModel,
+    attack: AttackChoice,
+    classifier: ZeroShotClassifier,
+    defended: torch.nn.Module,
+    dataset: ZeroShotDataset,
+    indices: list[int],
+    seed: int,
+    device: torch.device,
+) -> pd.DataFrame:
+    items = [dataset[index] for index in indices]
+    shapes = {tuple(img.shape) for img, _ in items}
+    if len(shapes) != 1:
+        raise RunError(f"dataset {protocol.data.dataset!r} yields images of several sizes {sorted(shapes)} in one batch")
+    x = torch.stack([img for img, _ in items]).to(device=device, dtype=torch.float32)
+    y = torch.tensor([label for _, label in items], dtype=torch.long, device=device)
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise RunError(f"dataset {protocol.data.dataset!r} yields pixels outside [0,1]")
+    torch.manual_seed(seed)  # test-time defenses draw from the global generator
+    generator = torch.Generator(device=device).manual_seed(seed)
+    started = time.perf_counter()
+    with torch.no_grad():
+        clean_pred = defended(x).argmax(dim=1)
+    crafting = _PassCounter(classifier)  # oblivious track: craft on the undefended classifier
+    x_adv = attack.cls(attack.threat, attack.config).perturb(crafting, x, y, generator).detach()
+    check_perturbation(x, x_adv, attack.threat, attack.spec)
+    with torch.no_grad():
+        adv_pred = defended(x_adv).argmax(dim=1)
+    elapsed = time.perf_counter() - started
+    linf, l2 = perturbation_norms(x, x_adv)
+    n = len(indices)
+    clean_correct = (clean_pred == y).cpu().numpy()
+    adv_correct = (adv_pred == y).cpu().numpy()
+    threat, data = protocol.threat, protocol.data
+    return pd.DataFrame(
+        {
+            "cell_id": protocol.cell_hash(),
+            "model": protocol.model.name,
+            "model_fingerprint": model.fingerprint,
+            "defense": protocol.defense.name,
+            "attack": protocol.attack.name,
+            "track": protocol.track,
+            "dataset": data.dataset,
+            "split": data.split,
+            "norm": threat.norm,
+            "eps": threat.eps,
+            "eps_label": threat.eps_label,
+            "steps": threat.steps,
+            "step_size": threat.step_size,
+            "restarts": threat.restarts,
+            "random_start": threat.random_start,
+            "seed": protocol.seed,
+            "precision": protocol.precision,
+            "resolution": data.resolution,
+            "n_samples": data.n_samples,
+            "sample_index": indices,
+            "label": y.cpu().numpy(),
+            "clean_pred": clean_pred.cpu().numpy(),
+            "adv_pred": adv_pred.cpu().numpy(),
+            "clean_correct": clean_correct,
+            "adv_correct": adv_correct,
+            "robust": clean_correct & adv_correct,
+            "linf": linf.cpu().numpy().astype(np.float32),
+            "l2": l2.cpu().numpy().astype(np.float32),
+            "time_s": elapsed / n,
+            "forward_passes": crafting.forward_images / n,
+            "backward_passes": crafting.backward_images / n,
+            "protocol": protocol.to_json(),
+        }
+    )
