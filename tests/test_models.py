@@ -1,0 +1,120 @@
+"""Model specs: registered names, open_clip ARCH:TAG / ARCH:/checkpoint, local-dir: and hf-hub: (offline)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from vlmbench.models import ModelLoadError, OpenClipModel, resolve_model
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_arch(tmp_path_factory) -> str:
+    """An open_clip architecture registered from a config file, as a user's custom config would be."""
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / "vlmbench-test-tiny.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(folder)
+    return "vlmbench-test-tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_arch, tmp_path_factory) -> Path:
+    model = open_clip.create_model(tiny_arch)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_registered_name_resolves_to_its_plugin():
+    assert resolve_model("world-vit").name == "world-vit"
+
+
+def test_arch_with_checkpoint_file_loads_with_open_clip_tokenizer(tiny_arch, tiny_checkpoint):
+    model = resolve_model(f"{tiny_arch}:{tiny_checkpoint}").load()
+    assert model.tokenizer(["a photo of a dog"]).shape == (1, 16)
+    assert model.preprocess.size == (32, 32)
+    assert model.preprocess.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    assert torch.equal(model.module.visual.conv1.weight, state["visual.conv1.weight"])
+
+
+def test_fingerprint_tracks_the_weights(tiny_arch, tiny_checkpoint, tmp_path):
+    first = resolve_model(f"{tiny_arch}:{tiny_checkpoint}").load().fingerprint
+    assert first == resolve_model(f"{tiny_arch}:{tiny_checkpoint}").load().fingerprint
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["visual.conv1.weight"] += 1e-3
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    assert resolve_model(f"{tiny_arch}:{other}").load().fingerprint != first
+
+
+def test_local_dir_takes_preprocessing_from_its_config(tiny_world_checkpoint):
+    from vlmbench.world.tokenizer import WorldTokenizer
+
+    config = json.loads((tiny_world_checkpoint / "open_clip_config.json").read_text())
+    model = OpenClipModel("t", "t", f"local-dir:{tiny_world_checkpoint}", tokenizer=WorldTokenizer).load()
+    assert model.preprocess.mean == tuple(config["preprocess_cfg"]["mean"])
+    assert model.preprocess.std == tuple(config["preprocess_cfg"]["std"])
+
+
+def test_hf_hub_model_loads_from_the_local_cache_offline(tiny_arch, tiny_checkpoint, tmp_path, monkeypatch):
+    """Fabricate a Hugging Face cache entry in the hub's on-disk layout and load it with HF_HUB_OFFLINE=1."""
+    import huggingface_hub.constants as hf_constants
+    from safetensors.torch import save_file
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--vlmbench--tiny-clip"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    (snapshot / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    )
+    save_file(torch.load(tiny_checkpoint, weights_only=True), snapshot / "open_clip_model.safetensors")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    model = resolve_model("hf-hub:vlmbench/tiny-clip").load()
+    assert model.preprocess.mean == (0.5, 0.5, 0.5)
+    assert model.tokenizer(["a dog"]).shape[0] == 1
+
+
+def test_pretrained_tag_offline_is_a_one_line_error():
+    with pytest.raises(ModelLoadError) as info:
+        resolve_model("RN50:openai").load()
+    message = str(info.value)
+    assert "not in the local Hugging Face cache" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("ViT-B-23:openai", "did you mean 'ViT-B-32'"),
+        ("world-vitt", "did you mean 'world-vit'"),
+        ("ViT-B-32", "needs weights: use ViT-B-32:TAG"),
+        ("ViT-B-32:opnai", "did you mean 'openai'"),
+        ("ViT-B-32:/no/such/file.pt", "does not exist"),
+        ("local-dir:/no/such/folder", "does not exist"),
+    ],
+)
+def test_bad_model_specs_explain_themselves(spec, message):
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_model(spec)
+
+
+def test_broken_local_dir_is_a_load_error(tmp_path, tiny_world_checkpoint):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_world_checkpoint, broken)
+    (broken / "open_clip_config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        resolve_model(f"local-dir:{broken}").load()
