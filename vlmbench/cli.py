@@ -226,3 +226,68 @@ def results_schema() -> None:
     for row in results.describe_schema():
         table.add_row(*row)
     console.print(table)
+
+
+@world_app.command("train")
+@user_errors
+def world_train(
+    model: Annotated[str, typer.Option(help="world-vit or world-rn.")],
+    out: Annotated[Path, typer.Option(help="Output folder (open_clip local-dir format).")],
+    steps: Annotated[int | None, typer.Option(help="Override the shipped recipe's optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override the recipe's batch size.")] = None,
+    n_pairs: Annotated[int | None, typer.Option(help="Override the recipe's number of pretraining pairs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the recipe's seed.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Override the recipe's CPU threads.")] = None,
+) -> None:
+    """Train a world CLIP model from its shipped recipe (contrastive, CPU, minutes)."""
+    import dataclasses
+    import json
+
+    from vlmbench.registry import PluginError, unknown_name_message
+    from vlmbench.world.train import RECIPE_FILE, RECIPES, train_world_model
+
+    if model not in RECIPES:
+        raise PluginError(unknown_name_message("world model", model, sorted(RECIPES)))
+    if out.exists() and any(out.iterdir()):
+        raise VlmbenchError(f"output folder {out} is not empty; choose a new folder")
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, n_pairs=n_pairs, seed=seed, threads=threads).items() if v is not None}
+    recipe = dataclasses.replace(RECIPES[model], **overrides)
+    path = train_world_model(recipe, out, progress=True)
+    record = json.loads((path / RECIPE_FILE).read_text())
+    console.print(
+        f"{model}: loss {record['initial_loss']:.3f} → {record['final_loss']:.3f} in {record['wall_time_s']} s; "
+        f"sha256 {record['sha256'][:16]}… → {path}", highlight=False
+    )
+
+
+@world_app.command("check")
+@user_errors
+def world_check(
+    samples: Annotated[int, typer.Option(help="Images per world dataset.")] = 500,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Measure the world models against their quality bars (clean, white-box PGD-10, transfer)."""
+    import torch
+
+    from vlmbench.world.quality import measure, verdicts
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    table = measure(n_samples=samples)
+    for model, part in table.groupby("model", sort=False):
+        out = Table(title=f"{model} · PGD-10 ℓ∞ ε=4/255 · {samples} images per dataset", title_justify="left")
+        for column in ("dataset", "classes", "chance %", "clean %", "white-box %", "transfer %"):
+            out.add_column(column, justify="left" if column == "dataset" else "right")
+        for row in part.itertuples():
+            out.add_row(row.dataset, str(row.classes), f"{row.chance:.1f}", f"{row.clean:.1f}",
+                        f"{row.whitebox:.1f}", f"{row.transfer:.1f}")
+        out.add_row("mean", "", f"{part['chance'].mean():.1f}", f"{part['clean'].mean():.1f}",
+                    f"{part['whitebox'].mean():.1f}", f"{part['transfer'].mean():.1f}", style="bold")
+        console.print(out)
+    failed = []
+    for verdict in verdicts(table).itertuples():
+        bars = {k: getattr(verdict, k) for k in ("every_dataset_above_chance_bar", "mean_clean_bar", "whitebox_bar", "transfer_gap_bar")}
+        console.print(f"{verdict.model}: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in bars.items()), highlight=False)
+        failed += [f"{verdict.model}:{k}" for k, v in bars.items() if not v]
+    if failed:
+        raise VlmbenchError("quality bars not met: " + ", ".join(failed))
