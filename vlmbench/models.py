@@ -15,6 +15,7 @@ model folder's config, exactly as open_clip would use them, and are applied insi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -138,7 +139,7 @@ class OpenClipModel(ModelPlugin):
             module = open_clip.create_model(
                 self.model_name, pretrained=self.pretrained, device=device, require_pretrained=True
             )
-            tokenizer = self._tokenizer() if self._tokenizer else open_clip.get_tokenizer(self.model_name)
+            tokenizer = self._make_tokenizer()
         except Exception as exc:
             raise ModelLoadError(_explain_load_failure(self.name, exc)) from exc
         cfg = open_clip.get_model_preprocess_cfg(module)
@@ -156,6 +157,22 @@ class OpenClipModel(ModelPlugin):
             )
         module = freeze(module)
         return ClipModel(self.name, module, tokenizer, preprocess, parameter_fingerprint(module))
+
+
+    def _make_tokenizer(self) -> Tokenizer:
+        """The explicit tokenizer factory, else the one a local-dir config names under
+        ``"vlmbench_tokenizer": "module:attr"`` (world checkpoints do), else open_clip's own."""
+        import open_clip
+
+        if self._tokenizer is not None:
+            return self._tokenizer()
+        if self.model_name.startswith("local-dir:"):
+            config = json.loads((Path(self.model_name.split(":", 1)[1]) / "open_clip_config.json").read_text())
+            if "vlmbench_tokenizer" in config:
+                from vlmbench.registry import import_object
+
+                return import_object(config["vlmbench_tokenizer"])()
+        return open_clip.get_tokenizer(self.model_name)
 
 
 def _explain_load_failure(spec: str, exc: Exception) -> str:

@@ -142,7 +142,8 @@ def unknown_name_message(what: str, name: str, known: list[str]) -> str:
     return f"unknown {what} {name!r}; {hint}"
 
 
-def _import_attr(spec: str) -> Any:
+def import_object(spec: str) -> Any:
+    """The object named by ``"package.module:attr.sub"`` (an entry point's value)."""
     module_name, _, attr = spec.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in attr.split(".") if attr else []:
@@ -190,7 +191,7 @@ class Plugins:
         self.registries: dict[str, Registry[Any]] = {k: Registry(k, _checker(k)) for k in KINDS}
         for kind, registry in self.registries.items():
             for ep in entry_points(group=registry.group):
-                registry.add(ep.name, ep.value, lambda v=ep.value: _import_attr(v))
+                registry.add(ep.name, ep.value, lambda v=ep.value: import_object(v))
 
     def __getitem__(self, kind: str) -> Registry[Any]:
         return self.registries[kind]
