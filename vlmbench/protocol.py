@@ -34,13 +34,13 @@ def parse_eps(text: str | float) -> tuple[float, str]:
     """Parse an ε given as ``"4/255"``, ``"0.0157"`` or a float.
 
     Returns:
-        ``(value, label)``: the float radius and a canonical label (``"4/255"`` for fractions of 255,
-        otherwise the shortest float repr).
+        ``(value, label)``: the float radius and a canonical label: ``"k/255"`` when written over
+        255 or when the value is an integer multiple of 1/255, otherwise the shortest float repr.
 
     Raises:
-        ProtocolError: not a number or a fraction, negative, zero, not finite, or larger than 1 would
-            be for an ℓ∞ ball on [0,1] pixels (ℓ2 radii above 1 are allowed; see :func:`check_eps`).
+        ProtocolError: not a number or a fraction, not positive, or not finite.
     """
+    over_255 = False
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -51,16 +51,17 @@ def parse_eps(text: str | float) -> tuple[float, str]:
         if denominator is not None and float(denominator) == 0:
             raise ProtocolError(f"bad ε {text!r}: division by zero")
         value = float(numerator) / float(denominator) if denominator else float(numerator)
+        over_255 = denominator is not None and float(denominator) == 255
     if not math.isfinite(value) or value <= 0:
         raise ProtocolError(f"bad ε {text!r}: must be a positive finite number")
-    return value, eps_label(value)
+    return value, f"{value * 255:g}/255" if over_255 else eps_label(value)
 
 
 def eps_label(value: float) -> str:
-    """``4/255`` when ``value`` is (numerically) k/255 for a simple k, else the float."""
-    k = Fraction(value * 255).limit_denominator(8)
-    if k > 0 and abs(float(k) / 255 - value) < 1e-9:
-        return f"{k.numerator}/255" if k.denominator == 1 else f"{float(k):g}/255"
+    """``"k/255"`` when ``value`` is (numerically) an integer multiple of 1/255, else the float's repr."""
+    k = round(value * 255)
+    if k > 0 and abs(k / 255 - value) < 1e-9:
+        return f"{k}/255"
     return repr(float(value))
 
 

@@ -73,7 +73,7 @@ class RunRequest:
     defenses: tuple[str, ...] = ("none",)
     attacks: tuple[str, ...] = ("pgd-10",)
     datasets: tuple[str, ...] = ("world-*",)
-    eps: tuple[str, ...] = ("4/255",)
+    eps: tuple[str, ...] = ("1/255",)  # Protocol A (TeCoA, PMG-AFT, TTC, HPT-GPD) main setting
     norm: str = "linf"
     step_size: str | None = None
     restarts: int = 1
