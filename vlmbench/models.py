@@ -155,6 +155,13 @@ class OpenClipModel(ModelPlugin):
             raise ModelLoadError(
                 f"model {self.name!r}: resize_mode {preprocess.resize_mode!r} is not supported (use shortest or squash)"
             )
+        vocab = getattr(tokenizer, "vocab_size", None)
+        embedding = getattr(module, "token_embedding", None)
+        if vocab is not None and embedding is not None and vocab > embedding.num_embeddings:
+            raise ModelLoadError(
+                f"model {self.name!r}: its tokenizer has {vocab} tokens but the text tower only {embedding.num_embeddings}; "
+                "the checkpoint was made with another vocabulary"
+            )
         module = freeze(module)
         return ClipModel(self.name, module, tokenizer, preprocess, parameter_fingerprint(module))
 

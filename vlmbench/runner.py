@@ -349,10 +349,8 @@ def execute(
                     )
                     if on_cell:
                         on_cell(protocol, len(indices))
-                    outcomes.append(
-                        _run_cell(protocol, model, attack, classifier, defended, dataset, indices,
-                                  request.output, meta, device, on_advance)
-                    )
+                    cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device)
+                    outcomes.append(_run_cell(cell, request.output, meta, on_advance))
     return outcomes
 
 
@@ -360,19 +358,24 @@ def _attack_params(attack: AttackChoice) -> dict[str, Any]:
     return attack.cls(attack.threat, attack.config).params()
 
 
+@dataclass(frozen=True)
+class _Cell:
+    """Everything one cell's batches need."""
+
+    protocol: Protocol
+    model: ClipModel  # after training-time defenses
+    attack: AttackChoice
+    classifier: ZeroShotClassifier  # the undefended classifier: the oblivious track crafts on it
+    defended: torch.nn.Module  # the classifier wrapped by the test-time defenses
+    dataset: ZeroShotDataset
+    indices: list[int]
+    device: torch.device
+
+
 def _run_cell(
-    protocol: Protocol,
-    model: ClipModel,
-    attack: AttackChoice,
-    classifier: ZeroShotClassifier,
-    defended: torch.nn.Module,
-    dataset: ZeroShotDataset,
-    indices: list[int],
-    output: Path,
-    meta: dict[str, Any],
-    device: torch.device,
-    on_advance: Callable[[int], None] | None,
+    cell: _Cell, output: Path, meta: dict[str, Any], on_advance: Callable[[int], None] | None
 ) -> CellOutcome:
+    protocol, indices = cell.protocol, cell.indices
     cell_id = protocol.cell_hash()
     final = output / cell_filename(protocol)
     if final.exists():
@@ -389,8 +392,7 @@ def _run_cell(
         batch_indices = indices[start : start + batch_size]
         frame = _read_part(part, batch_indices)
         if frame is None:
-            frame = _run_batch(protocol, model, attack, classifier, defended, dataset, batch_indices,
-                               batch_seed(protocol.seed, cell_id, start), device)
+            frame = _run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start))
             results.write_atomic(results.to_table(frame, {}), part)
         else:
             resumed = True
@@ -427,18 +429,9 @@ def _read_part(path: Path, batch_indices: list[int]) -> pd.DataFrame | None:
     return frame if frame["sample_index"].tolist() == batch_indices else None
 
 
-def _run_batch(
-    protocol: Protocol,
-    model: ClipModel,
-    attack: AttackChoice,
-    classifier: ZeroShotClassifier,
-    defended: torch.nn.Module,
-    dataset: ZeroShotDataset,
-    indices: list[int],
-    seed: int,
-    device: torch.device,
-) -> pd.DataFrame:
-    items = [dataset[index] for index in indices]
+def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
+    protocol, attack, device, defended = cell.protocol, cell.attack, cell.device, cell.defended
+    items = [cell.dataset[index] for index in indices]
     shapes = {tuple(img.shape) for img, _ in items}
     if len(shapes) != 1:
         raise RunError(f"dataset {protocol.data.dataset!r} yields images of several sizes {sorted(shapes)} in one batch")
@@ -451,7 +444,7 @@ def _run_batch(
     started = time.perf_counter()
     with torch.no_grad():
         clean_pred = defended(x).argmax(dim=1)
-    crafting = _PassCounter(classifier)  # oblivious track: craft on the undefended classifier
+    crafting = _PassCounter(cell.classifier)  # oblivious track: craft on the undefended classifier
     x_adv = attack.cls(attack.threat, attack.config).perturb(crafting, x, y, generator).detach()
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     with torch.no_grad():
@@ -466,7 +459,7 @@ def _run_batch(
         {
             "cell_id": protocol.cell_hash(),
             "model": protocol.model.name,
-            "model_fingerprint": model.fingerprint,
+            "model_fingerprint": cell.model.fingerprint,
             "defense": protocol.defense.name,
             "attack": protocol.attack.name,
             "track": protocol.track,
