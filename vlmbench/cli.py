@@ -236,6 +236,7 @@ def world_train(
     steps: Annotated[int | None, typer.Option(help="Override the shipped recipe's optimiser steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override the recipe's batch size.")] = None,
     n_pairs: Annotated[int | None, typer.Option(help="Override the recipe's number of pretraining pairs.")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Override the recipe's warm-up steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the recipe's seed.")] = None,
     threads: Annotated[int | None, typer.Option(help="Override the recipe's CPU threads.")] = None,
 ) -> None:
@@ -250,7 +251,7 @@ def world_train(
         raise PluginError(unknown_name_message("world model", model, sorted(RECIPES)))
     if out.exists() and any(out.iterdir()):
         raise VlmbenchError(f"output folder {out} is not empty; choose a new folder")
-    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, n_pairs=n_pairs, seed=seed, threads=threads).items() if v is not None}
+    overrides = {k: v for k, v in dict(steps=steps, batch_size=batch_size, n_pairs=n_pairs, warmup_steps=warmup_steps, seed=seed, threads=threads).items() if v is not None}
     recipe = dataclasses.replace(RECIPES[model], **overrides)
     path = train_world_model(recipe, out, progress=True)
     record = json.loads((path / RECIPE_FILE).read_text())
