@@ -181,3 +181,20 @@ def test_schema_command_lists_every_column():
     assert result.exit_code == 0
     for name in results.SCHEMA.names:
         assert name in result.output
+
+
+def test_sample_selection_is_seeded_and_recorded(tiny_model_plugin_file, tmp_path):
+    assert runner.select_indices(10, None, "first", 0) == list(range(10))
+    assert runner.select_indices(10, 3, "first", 0) == [0, 1, 2]
+    picked = runner.select_indices(1000, 20, "random", 7)
+    assert picked == sorted(picked) and len(set(picked)) == 20 and picked == runner.select_indices(1000, 20, "random", 7)
+    assert picked != runner.select_indices(1000, 20, "random", 8)
+    result = run_tiny(tiny_model_plugin_file, tmp_path / "out", "--selection", "random")
+    assert result.exit_code == 0, result.output
+    rows = results.load_results(tmp_path / "out").query("dataset == 'world-size'")
+    protocol = Protocol.from_json(rows["protocol"].iloc[0])
+    assert protocol.data.selection == "random"
+    assert rows["sample_index"].tolist() == runner.select_indices(500, 10, "random", 0)
+    from vlmbench.protocol import indices_sha256
+
+    assert protocol.data.indices_sha256 == indices_sha256(rows["sample_index"].tolist())
