@@ -151,7 +151,7 @@ def print_summary(summary: Any) -> None:
     a row per dataset (and the mean), the clean accuracy, and one robust column per attack × ε."""
     for (model, defense, track, norm), group in summary.groupby(["model", "defense", "track", "norm"], sort=False):
         table = Table(title=f"{model} · defense {defense} · {track} · {norm}", title_justify="left")
-        table.add_column("dataset")
+        table.add_column("dataset", no_wrap=True)
         table.add_column("n", justify="right")
         table.add_column("clean %", justify="right")
         attacks = list(dict.fromkeys(zip(group["attack"], group["eps_label"])))
