@@ -118,3 +118,27 @@ def test_broken_local_dir_is_a_load_error(tmp_path, tiny_world_checkpoint):
     (broken / "open_clip_config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="cannot load model"):
         resolve_model(f"local-dir:{broken}").load()
+
+
+def test_local_dir_checkpoint_names_its_own_tokenizer():
+    from vlmbench.world import checkpoint_dir
+    from vlmbench.world.tokenizer import WorldTokenizer
+
+    model = resolve_model(f"local-dir:{checkpoint_dir('world-rn')}").load()
+    assert isinstance(model.tokenizer, WorldTokenizer)
+    assert model.fingerprint == resolve_model("world-rn").load().fingerprint
+
+
+def test_tokenizer_larger_than_the_text_tower_is_refused(tmp_path, tiny_world_checkpoint):
+    folder = tmp_path / "small-vocab"
+    shutil.copytree(tiny_world_checkpoint, folder)
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["vocab_size"] = 8
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "open_clip_model.safetensors")
+    state["token_embedding.weight"] = state["token_embedding.weight"][:8].clone()
+    save_file(state, folder / "open_clip_model.safetensors")
+    with pytest.raises(ModelLoadError, match="tokenizer has .* tokens but the text tower only 8"):
+        resolve_model(f"local-dir:{folder}").load()
