@@ -143,6 +143,13 @@ _OBJECT_TEMPLATES = (
     "a rendering of a {}.",
 )
 
+_ADJECTIVE_TEMPLATES = (  # for class names that are adjectives of the objects (colour, size)
+    "a photo of a {} shape.",
+    "an image of {} objects.",
+    "a picture of a {} thing.",
+    "a drawing of {} shapes.",
+)
+
 WORLD_SHAPE = WorldDatasetPlugin(
     name="world-shape",
     description="World: which shape (6 classes), generated",
@@ -155,12 +162,7 @@ WORLD_COLOUR = WorldDatasetPlugin(
     name="world-colour",
     description="World: which colour (6 classes), generated",
     classnames=COLOUR_NAMES,
-    templates=(
-        "a photo of a {} shape.",
-        "an image of {} objects.",
-        "a picture of a {} thing.",
-        "a drawing of {} shapes.",
-    ),
+    templates=_ADJECTIVE_TEMPLATES,
     class_attributes=tuple({"colour": colour} for colour in COLOUR_NAMES),
 )
 
@@ -188,12 +190,7 @@ WORLD_SIZE = WorldDatasetPlugin(
     name="world-size",
     description="World: small or large objects (binary), generated",
     classnames=SIZES,
-    templates=(
-        "a photo of a {} shape.",
-        "an image of {} objects.",
-        "a picture of a {} thing.",
-        "a drawing of {} shapes.",
-    ),
+    templates=_ADJECTIVE_TEMPLATES,
     class_attributes=tuple({"size": size} for size in SIZES),
 )
 
