@@ -39,6 +39,9 @@ class Attack(ABC):
         Config: frozen dataclass of the attack's own parameters, with the paper's defaults.
         norms: the threat-model norms the attack supports.
         default_steps: steps when the name carries no ``-STEPS`` suffix.
+        honours: the optional threat-model settings the attack obeys (``step_size``, ``restarts``,
+            ``random_start``). Setting one it does not honour is an error; in the protocol record a
+            step size it does not use is 0 (adaptive, e.g. APGD) and its restarts are in its params.
 
     Args:
         threat: the budget to respect.
@@ -51,6 +54,7 @@ class Attack(ABC):
     Config: ClassVar[type] = NoConfig
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     default_steps: ClassVar[int] = 10
+    honours: ClassVar[frozenset[str]] = frozenset({"step_size", "restarts", "random_start"})
 
     def __init__(self, threat: ThreatModel, config: Any = None) -> None:
         if threat.norm not in self.norms:
@@ -73,8 +77,9 @@ class Attack(ABC):
             and in [0,1].
         """
 
-    def params(self) -> dict[str, Any]:
-        """The attack's parameters for the protocol record."""
+    def params(self, num_classes: int | None = None) -> dict[str, Any]:
+        """The attack's parameters for the protocol record, as they take effect on a dataset with
+        ``num_classes`` classes (attacks whose behaviour depends on it, such as target counts, say so)."""
         return config_dict(self.config)
 
 

@@ -101,7 +101,8 @@ class ThreatModel:
         eps: radius of the ball.
         eps_label: how the user wrote it, canonicalised (``"4/255"``).
         steps: iterations per restart (0 for the clean-only "attack").
-        step_size: per-iteration step (ℓ∞: sign step; ℓ2: normalised-gradient step).
+        step_size: per-iteration step (ℓ∞: sign step; ℓ2: normalised-gradient step); ``0`` when the
+            attack chooses its own steps (APGD's adaptive step size).
         restarts: independent random starts; a sample counts as broken if any restart breaks it.
         random_start: start uniformly inside the ball (else at the clean image).
     """
@@ -118,7 +119,7 @@ class ThreatModel:
         check_eps(self.norm, self.eps)
         if self.steps < 0 or self.restarts < 1:
             raise ProtocolError(f"bad steps/restarts {self.steps}/{self.restarts}: need steps ≥ 0, restarts ≥ 1")
-        if self.steps > 0 and not (self.step_size > 0 and math.isfinite(self.step_size)):
+        if self.steps > 0 and not (self.step_size >= 0 and math.isfinite(self.step_size)):
             raise ProtocolError(f"bad step size {self.step_size!r}: must be a positive number")
 
     @classmethod
@@ -131,13 +132,17 @@ class ThreatModel:
         restarts: int = 1,
         random_start: bool = True,
     ) -> ThreatModel:
-        """Parse user-facing values (ε and step size as ``"1/255"`` or floats) into a threat model."""
+        """Parse user-facing values (ε and step size as ``"1/255"`` or floats) into a threat model.
+
+        ``step_size=None`` applies :func:`default_step_size`; ``0`` means the attack sets its own."""
         value, label = parse_eps(eps)
         check_eps(norm, value)
         if steps < 0:
             raise ProtocolError(f"bad number of steps {steps}: must be ≥ 0")
         if step_size is None:
             alpha = default_step_size(norm, value, steps) if steps > 0 else 0.0  # type: ignore[arg-type]
+        elif step_size == 0:
+            alpha = 0.0
         else:
             alpha = parse_eps(step_size)[0]
         return cls(norm, value, label, steps, alpha, restarts, random_start)  # type: ignore[arg-type]

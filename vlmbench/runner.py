@@ -191,14 +191,22 @@ def _expand_datasets(patterns: tuple[str, ...]) -> list[str]:
 def _resolve_attack(spec: str, eps: str, request: RunRequest) -> AttackChoice:
     registry = plugins().attacks
     name, steps = parse_attack_name(spec, registry.names())
+    names = [parse_attack_name(s, registry.names())[0] for s in request.attacks]
     cls: type[Attack] = registry.get(name)
     steps = cls.default_steps if steps is None else steps
     if steps == 0 and cls.default_steps != 0:
         raise RunError(f"attack {spec!r} needs at least one step")
+    chosen = {"step_size": request.step_size is not None, "restarts": request.restarts != 1,
+              "random_start": not request.random_start}
+    ignored = sorted(k for k, on in chosen.items() if on and k not in cls.honours)
+    if ignored:
+        raise RunError(f"attack {spec!r} does not take {', '.join(ignored)}: it sets its own (see its description)")
     threat = ThreatModel.build(
-        request.norm, eps, steps, request.step_size, request.restarts, request.random_start
+        request.norm, eps, steps,
+        request.step_size if "step_size" in cls.honours else 0.0,
+        request.restarts, request.random_start,
     )
-    config = build_config(cls.Config, request.attack_params, f"attack {name!r}")
+    config = build_config(cls.Config, _assignments_for(name, names, request.attack_params, "attack"), f"attack {name!r}")
     cls(threat, config)  # validates norm support now rather than mid-run
     return AttackChoice(spec, cls, threat, config)
 
@@ -209,18 +217,25 @@ def _resolve_defense(spec: str, assignments: tuple[str, ...]) -> DefenseChoice:
     parts = []
     for name in names:
         cls: type[Defense] = registry.get(name)
-        mine = []
-        for assignment in assignments:
-            target, dot, rest = assignment.partition(".")
-            if dot and target in names and "=" not in target:
-                if target == name:
-                    mine.append(rest)
-            elif len(names) == 1:
-                mine.append(assignment)
-            else:
-                raise RunError(f"defense parameter {assignment!r} is ambiguous in {spec!r}: write DEFENSE.key=value")
+        mine = _assignments_for(name, names, assignments, "defense")
         parts.append(cls(build_config(cls.Config, mine, f"defense {name!r}")))
     return DefenseChoice(spec, tuple(parts))
+
+
+def _assignments_for(name: str, names: list[str], assignments: tuple[str, ...], kind: str) -> list[str]:
+    """The ``key=value`` parameters meant for plugin ``name`` among ``names``: ``NAME.key=value`` always
+    targets one plugin; a bare ``key=value`` is allowed only when there is a single plugin."""
+    mine = []
+    for assignment in assignments:
+        target, dot, rest = assignment.partition(".")
+        if dot and "=" not in target and target in names:
+            if target == name:
+                mine.append(rest)
+        elif len(set(names)) == 1:
+            mine.append(assignment)
+        else:
+            raise RunError(f"{kind} parameter {assignment!r} is ambiguous with several {kind}s: write {kind.upper()}.key=value")
+    return mine
 
 
 def select_indices(total: int, n_samples: int | None, selection: str, seed: int) -> list[int]:
@@ -340,7 +355,8 @@ def execute(
                         model=PluginRef(model_plugin.name, original.fingerprint),
                         defense=PluginRef(defense.spec, "+".join(p.version for p in defense.parts),
                                           {p.name: p.params() for p in defense.parts}),
-                        attack=PluginRef(attack.spec, attack.cls.version, _attack_params(attack)),
+                        attack=PluginRef(attack.spec, attack.cls.version,
+                                         attack.cls(attack.threat, attack.config).params(dataset.num_classes)),
                         threat=attack.threat,
                         data=data_spec,
                         seed=request.seed,
@@ -352,10 +368,6 @@ def execute(
                     cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device)
                     outcomes.append(_run_cell(cell, request.output, meta, on_advance))
     return outcomes
-
-
-def _attack_params(attack: AttackChoice) -> dict[str, Any]:
-    return attack.cls(attack.threat, attack.config).params()
 
 
 @dataclass(frozen=True)
