@@ -161,4 +161,5 @@ def test_attack_names_parse_steps_suffix():
     assert parse_attack_name("cw-100", known) == ("cw", 100)
     assert parse_attack_name("apgd-ce", known) == ("apgd-ce", None)
     assert parse_attack_name("apgd-ce-50", known) == ("apgd-ce", 50)
-    assert parse_attack_name("pgdx-10", known) == ("pgdx-10", None)
+    assert parse_attack_name("pgdx-10", known) == ("pgdx", 10)
+    assert parse_attack_name("pgdx", known) == ("pgdx", None)

@@ -39,13 +39,14 @@ class Attack(ABC):
         Config: frozen dataclass of the attack's own parameters, with the paper's defaults.
         norms: the threat-model norms the attack supports.
         default_steps: steps when the name carries no ``-STEPS`` suffix.
-        honours: the optional threat-model settings the attack obeys (``step_size``, ``restarts``,
-            ``random_start``). Setting one it does not honour is an error; in the protocol record a
+        honours: the optional settings the attack obeys (``step_size``, ``restarts``,
+            ``random_start``, ``eot``: averaging gradients over draws of a random defense). Setting one it does not honour is an error; in the protocol record a
             step size it does not use is 0 (adaptive, e.g. APGD) and its restarts are in its params.
 
     Args:
         threat: the budget to respect.
         config: instance of ``Config`` (default: all defaults).
+        eot_draws: estimate each gradient over this many forward passes of a random model (EOT).
     """
 
     name: ClassVar[str]
@@ -54,13 +55,16 @@ class Attack(ABC):
     Config: ClassVar[type] = NoConfig
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
     default_steps: ClassVar[int] = 10
-    honours: ClassVar[frozenset[str]] = frozenset({"step_size", "restarts", "random_start"})
+    honours: ClassVar[frozenset[str]] = frozenset({"step_size", "restarts", "random_start", "eot"})
 
-    def __init__(self, threat: ThreatModel, config: Any = None) -> None:
+    def __init__(self, threat: ThreatModel, config: Any = None, eot_draws: int = 1) -> None:
         if threat.norm not in self.norms:
             raise AttackError(f"attack {self.name!r} does not support norm {threat.norm!r} (supports {', '.join(self.norms)})")
+        if eot_draws < 1 or (eot_draws > 1 and "eot" not in self.honours):
+            raise AttackError(f"attack {self.name!r} cannot average gradients over {eot_draws} draws (EOT)")
         self.threat = threat
         self.config = config if config is not None else self.Config()
+        self.eot_draws = eot_draws
 
     @abstractmethod
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -87,11 +91,13 @@ _STEPS_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<steps>\d+)$")
 
 
 def parse_attack_name(spec: str, known: list[str]) -> tuple[str, int | None]:
-    """``"pgd-10"`` → ``("pgd", 10)``; a registered name containing digits wins over the suffix rule."""
+    """``"pgd-10"`` → ``("pgd", 10)``; a registered name ending in digits wins over the suffix rule.
+
+    An unknown name keeps its suffix split off, so that suggestions compare the base name."""
     if spec in known:
         return spec, None
     match = _STEPS_SUFFIX.match(spec)
-    if match and match["base"] in known:
+    if match:
         return match["base"], int(match["steps"])
     return spec, None
 
