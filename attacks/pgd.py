@@ -84,8 +84,14 @@ def pgd(
     threat: ThreatModel,
     loss_fn: LossFn,
     generator: torch.Generator,
+    eot_draws: int = 1,
 ) -> torch.Tensor:
-    """Run PGD with ``threat``'s budget and return ``x_adv`` (see the module docstring)."""
+    """Run PGD with ``threat``'s budget and return ``x_adv`` (see the module docstring).
+
+    With ``eot_draws = n > 1`` every step evaluates the batch ``n`` times (one forward pass of a
+    batch ``n`` times as large) and ascends the summed loss: the EOT estimate of the expected loss's
+    gradient for a randomised ``model``.
+    """
     if threat.steps < 1:
         raise AttackError(f"PGD needs at least one step, got {threat.steps}")
     x_adv = x.clone()
@@ -98,7 +104,7 @@ def pgd(
         delta = random_start(xr, threat, generator) if threat.random_start else torch.zeros_like(xr)
         for _ in range(threat.steps):
             delta.requires_grad_(True)
-            loss = loss_fn(model(xr + delta), yr).sum()
+            loss = loss_fn(model((xr + delta).repeat(eot_draws, 1, 1, 1)), yr.repeat(eot_draws)).sum()
             (grad,) = torch.autograd.grad(loss, delta)
             if grad is None or not torch.isfinite(grad).all():
                 raise AttackError("PGD obtained no finite input gradient: the model is not differentiable here")
@@ -124,7 +130,7 @@ class PGD(Attack):
     description: ClassVar[str] = "PGD on cross-entropy (Madry et al. 2018), l-inf/l2, random start, restarts"
 
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return pgd(model, x, y, self.threat, cross_entropy_loss, generator)
+        return pgd(model, x, y, self.threat, cross_entropy_loss, generator, self.eot_draws)
 
 
 @dataclass(frozen=True)
@@ -145,4 +151,5 @@ class CW(Attack):
 
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         kappa = self.config.kappa
-        return pgd(model, x, y, self.threat, lambda logits, labels: margin_loss(logits, labels, kappa), generator)
+        return pgd(model, x, y, self.threat, lambda logits, labels: margin_loss(logits, labels, kappa), generator,
+                   self.eot_draws)

@@ -85,6 +85,8 @@ def run(
     output: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     attack_param: Annotated[list[str] | None, typer.Option(help="Attack parameter key=value (repeatable).")] = None,
     defense_param: Annotated[list[str] | None, typer.Option(help="Defense parameter key=value (repeatable).")] = None,
+    track: Annotated[str | None, typer.Option(help="oblivious, adaptive or both (default: both for test-time defenses).")] = None,
+    eot: Annotated[int | None, typer.Option(help="EOT draws per gradient on the adaptive track (default: 10 if the defense is random).")] = None,
     plugin: PluginOption = None,
 ) -> None:
     """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
@@ -118,6 +120,8 @@ def run(
         output=output,
         attack_params=tuple(attack_param or ()),
         defense_params=tuple(defense_param or ()),
+        track=track,
+        eot_draws=eot,
     )
     the_plan = plan(request)
     with Progress(

@@ -196,9 +196,12 @@ class Protocol:
         seed: base seed; every batch's generator is derived from it and the batch's position.
         batch_size: evaluation batch size (random starts are drawn per batch).
         precision: ``"fp32"``: attacks and evaluation run in float32.
-        track: ``"oblivious"`` (craft on the undefended model) or ``"adaptive"`` (craft on the full
-            defended pipeline). With no test-time defense both coincide; the track is then
-            ``"oblivious"``.
+        track: ``"oblivious"`` (craft on the classifier without its test-time defenses, evaluate the
+            defended pipeline) or ``"adaptive"`` (craft on the full defended pipeline, BPDA through the
+            steps it declares non-differentiable). Without a test-time defense both coincide and the
+            track is ``"oblivious"``.
+        eot_draws: draws of the defense's randomness averaged per attack gradient (EOT); 1 when
+            the crafting model is deterministic.
         versions: versions of the packages the numbers depend on (vlmbench, torch, open_clip, ...).
     """
 
@@ -211,6 +214,7 @@ class Protocol:
     batch_size: int
     precision: str = "fp32"
     track: Track = "oblivious"
+    eot_draws: int = 1
     versions: dict[str, str] = field(default_factory=dict)
 
     def __hash__(self) -> int:

@@ -66,7 +66,12 @@ class RunRequest:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: root of real datasets.
         output: results folder.
-        attack_params, defense_params: ``key=value`` plugin parameters.
+        attack_params, defense_params: ``key=value`` plugin parameters (``NAME.key=value`` when
+            several plugins are given).
+        track: ``oblivious``, ``adaptive`` or ``both``; None: ``both`` for a defense with a test-time
+            part, else ``oblivious`` (the two coincide without one).
+        eot_draws: EOT draws on the adaptive track of a stochastic defense (None: 10); always 1 for a
+            deterministic one.
     """
 
     models: tuple[str, ...] = ("world-vit",)
@@ -88,6 +93,12 @@ class RunRequest:
     output: Path = Path("results")
     attack_params: tuple[str, ...] = ()
     defense_params: tuple[str, ...] = ()
+    track: str | None = None
+    eot_draws: int | None = None
+
+
+TRACKS = ("oblivious", "adaptive", "both")
+DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018 / the dossier's "EOT (≥10 samples)" for random defenses
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,8 @@ class AttackChoice:
 class DefenseChoice:
     spec: str  # as written: "tecoa+ttc"
     parts: tuple[Defense, ...]
+    tracks: tuple[str, ...]  # the tracks evaluated for this defense
+    eot_draws: int  # on the adaptive track
 
 
 @dataclass
@@ -117,13 +130,14 @@ class Plan:
 
     @property
     def n_cells(self) -> int:
-        return len(self.models) * len(self.defenses) * len(self.datasets) * len(self.attacks)
+        return len(self.models) * sum(len(d.tracks) for d in self.defenses) * len(self.datasets) * len(self.attacks)
 
     @property
     def n_images(self) -> int:
         """Images to evaluate over all cells (for progress bars)."""
-        per_cell_set = sum(len(indices) for _, _, indices in self.datasets)
-        return len(self.models) * len(self.defenses) * len(self.attacks) * per_cell_set
+        per_dataset_set = sum(len(indices) for _, _, indices in self.datasets)
+        cells_per_model = sum(len(d.tracks) for d in self.defenses) * len(self.attacks)
+        return len(self.models) * cells_per_model * per_dataset_set
 
 
 @dataclass
@@ -143,10 +157,14 @@ def plan(request: RunRequest) -> Plan:
         raise RunError(f"bad number of samples {request.n_samples}: must be ≥ 1")
     if request.selection not in ("first", "random"):
         raise RunError(f"bad selection {request.selection!r}: use first or random")
+    if request.track is not None and request.track not in TRACKS:
+        raise RunError(f"bad track {request.track!r}: use oblivious, adaptive or both")
+    if request.eot_draws is not None and request.eot_draws < 1:
+        raise RunError(f"bad number of EOT draws {request.eot_draws}: must be ≥ 1")
     if request.output.exists() and not request.output.is_dir():
         raise RunError(f"output {request.output} exists and is not a folder")
     models = [resolve_model(spec) for spec in request.models]
-    defenses = [_resolve_defense(spec, request.defense_params) for spec in request.defenses]
+    defenses = [_resolve_defense(spec, request) for spec in request.defenses]
     datasets = []
     for name in _expand_datasets(request.datasets):
         plugin: DatasetPlugin = registry.datasets.get(name)
@@ -158,6 +176,11 @@ def plan(request: RunRequest) -> Plan:
     attacks = [
         _resolve_attack(spec, eps, request) for spec in request.attacks for eps in request.eps
     ]
+    for defense in defenses:
+        for attack in attacks:
+            if "adaptive" in defense.tracks and defense.eot_draws > 1 and "eot" not in attack.cls.honours:
+                raise RunError(f"attack {attack.spec!r} cannot average over the randomness of {defense.spec!r} (EOT); "
+                               "use an attack that supports EOT or --eot 1")
     return Plan(request, models, defenses, datasets, attacks, _device(request.device))
 
 
@@ -211,15 +234,24 @@ def _resolve_attack(spec: str, eps: str, request: RunRequest) -> AttackChoice:
     return AttackChoice(spec, cls, threat, config)
 
 
-def _resolve_defense(spec: str, assignments: tuple[str, ...]) -> DefenseChoice:
+def _resolve_defense(spec: str, request: RunRequest) -> DefenseChoice:
     registry = plugins().defenses
     names = spec.split("+")
     parts = []
     for name in names:
         cls: type[Defense] = registry.get(name)
-        mine = _assignments_for(name, names, assignments, "defense")
+        mine = _assignments_for(name, names, request.defense_params, "defense")
         parts.append(cls(build_config(cls.Config, mine, f"defense {name!r}")))
-    return DefenseChoice(spec, tuple(parts))
+    test_time = any(part.is_test_time() for part in parts)
+    if not test_time:
+        tracks: tuple[str, ...] = ("oblivious",)  # nothing at test time: both tracks are the same attack
+    elif request.track in (None, "both"):
+        tracks = ("oblivious", "adaptive")
+    else:
+        tracks = (request.track,)
+    stochastic = any(part.stochastic for part in parts)
+    eot = (request.eot_draws or DEFAULT_EOT_DRAWS) if stochastic else 1  # nothing to average without randomness
+    return DefenseChoice(spec, tuple(parts), tracks, eot)
 
 
 def _assignments_for(name: str, names: list[str], assignments: tuple[str, ...], kind: str) -> list[str]:
@@ -350,7 +382,7 @@ def execute(
                     selection=request.selection if len(indices) < len(dataset) else "all",
                     resolution=f"native, resized inside the model ({model.preprocess.describe()})",
                 )
-                for attack in plan_.attacks:
+                for attack, track in ((a, t) for a in plan_.attacks for t in defense.tracks):
                     protocol = Protocol(
                         model=PluginRef(model_plugin.name, original.fingerprint),
                         defense=PluginRef(defense.spec, "+".join(p.version for p in defense.parts),
@@ -361,6 +393,8 @@ def execute(
                         data=data_spec,
                         seed=request.seed,
                         batch_size=request.batch_size,
+                        track=track,  # type: ignore[arg-type]
+                        eot_draws=defense.eot_draws if track == "adaptive" else 1,
                         versions=versions,
                     )
                     if on_cell:
@@ -377,7 +411,7 @@ class _Cell:
     protocol: Protocol
     model: ClipModel  # after training-time defenses
     attack: AttackChoice
-    classifier: ZeroShotClassifier  # the undefended classifier: the oblivious track crafts on it
+    classifier: ZeroShotClassifier  # without test-time defenses: the oblivious track crafts on it
     defended: torch.nn.Module  # the classifier wrapped by the test-time defenses
     dataset: ZeroShotDataset
     indices: list[int]
@@ -456,8 +490,9 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
     started = time.perf_counter()
     with torch.no_grad():
         clean_pred = defended(x).argmax(dim=1)
-    crafting = _PassCounter(cell.classifier)  # oblivious track: craft on the undefended classifier
-    x_adv = attack.cls(attack.threat, attack.config).perturb(crafting, x, y, generator).detach()
+    target = cell.classifier if protocol.track == "oblivious" else defended
+    crafting = _PassCounter(target)
+    x_adv = attack.cls(attack.threat, attack.config, protocol.eot_draws).perturb(crafting, x, y, generator).detach()
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     with torch.no_grad():
         adv_pred = defended(x_adv).argmax(dim=1)
@@ -475,6 +510,7 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
             "defense": protocol.defense.name,
             "attack": protocol.attack.name,
             "track": protocol.track,
+            "eot_draws": protocol.eot_draws,
             "dataset": data.dataset,
             "split": data.split,
             "norm": threat.norm,

@@ -1,0 +1,68 @@
+"""Two deliberately simple test-time defenses for testing the adaptive track (loaded with --plugin).
+
+* ``toy-noise``: Gaussian noise on the input — randomised, so an adaptive attack needs EOT.
+* ``toy-quantise``: rounding pixels to a few levels — no useful gradient, so an adaptive attack needs
+  BPDA (declared, and implemented with :func:`vlmbench.adaptive.bpda`).
+
+Both weaken oblivious attacks (crafted without them) while adaptive ones see through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from vlmbench.adaptive import bpda
+from vlmbench.defense import Defense, DefenseContext
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self, classifier: torch.nn.Module, step) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.step = step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.step(x))
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Attributes: sigma: standard deviation of the Gaussian noise on [0,1] pixels."""
+
+    sigma: float = 0.05
+
+
+class ToyNoise(Defense):
+    """Adds N(0, σ²) noise to the pixels (clipped to [0,1]) before classifying."""
+
+    name: ClassVar[str] = "toy-noise"
+    description: ClassVar[str] = "test defense: Gaussian input noise (random)"
+    Config: ClassVar[type] = NoiseConfig
+    stochastic: ClassVar[bool] = True
+
+    def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
+        sigma = self.config.sigma
+        return _Wrapped(classifier, lambda x: (x + sigma * torch.randn_like(x)).clamp(0, 1))
+
+
+@dataclass(frozen=True)
+class QuantiseConfig:
+    """Attributes: levels: number of grey levels per channel after rounding."""
+
+    levels: int = 8
+
+
+class ToyQuantise(Defense):
+    """Rounds every pixel to ``levels`` equally spaced values; the backward pass is the identity (BPDA)."""
+
+    name: ClassVar[str] = "toy-quantise"
+    description: ClassVar[str] = "test defense: pixel quantisation (non-differentiable, BPDA identity)"
+    Config: ClassVar[type] = QuantiseConfig
+    non_differentiable: ClassVar[tuple[str, ...]] = ("quantise",)
+
+    def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
+        k = self.config.levels - 1
+        return _Wrapped(classifier, bpda(lambda x: torch.round(x * k) / k))

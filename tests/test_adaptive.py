@@ -1,0 +1,75 @@
+"""The adaptive track: EOT through randomness, BPDA through declared non-differentiable steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vlmbench import results
+from vlmbench.adaptive import bpda
+from vlmbench.cli import app
+from vlmbench.protocol import Protocol
+
+TOY = Path(__file__).parent / "plugins" / "toy_defenses.py"
+
+
+def test_bpda_forward_is_exact_and_backward_is_the_surrogate():
+    x = torch.tensor([0.1, 0.49, 0.51, 0.9], requires_grad=True)
+    step = bpda(torch.round, lambda v: 2 * v)
+    out = step(x)
+    assert torch.equal(out.detach(), torch.round(x.detach()))
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, torch.full_like(x, 2.0))
+
+
+def test_eot_averages_gradients_over_draws():
+    """With EOT the PGD step follows the sign of the summed gradient of n noisy copies."""
+    from vlmbench.attacks.pgd import pgd, cross_entropy_loss
+    from vlmbench.protocol import ThreatModel
+
+    calls = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return torch.stack([x.flatten(1).sum(1), -x.flatten(1).sum(1)], dim=1)
+
+    x = torch.full((3, 3, 2, 2), 0.5)
+    pgd(model, x, torch.zeros(3, dtype=torch.long), ThreatModel.build("linf", 4 / 255, 2), cross_entropy_loss,
+        torch.Generator().manual_seed(0), eot_draws=7)
+    assert calls == [21, 21]  # each step evaluates the batch 7 times, in one forward pass
+
+
+@pytest.mark.parametrize("defense", ["toy-noise", "toy-quantise"])
+def test_adaptive_attack_beats_oblivious_on_toy_defenses(defense, tmp_path):
+    result = CliRunner().invoke(app, [
+        "run", "--plugin", str(TOY), "--defense", defense, "--model", "world-rn", "--attack", "pgd-10",
+        "--eps", "4/255", "--dataset", "world-colour,world-shape", "--samples", "48", "--eot", "5",
+        "--threads", "1", "--output", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = results.load_results(tmp_path)
+    assert set(rows["track"]) == {"oblivious", "adaptive"}  # both by default for a test-time defense
+    robust = rows.groupby("track")["robust"].mean() * 100
+    assert robust["adaptive"] <= robust["oblivious"] - 5, robust.to_dict()
+    adaptive = Protocol.from_json(rows.loc[rows["track"] == "adaptive", "protocol"].iloc[0])
+    assert adaptive.track == "adaptive"
+    assert adaptive.eot_draws == (5 if defense == "toy-noise" else 1)  # EOT only where the defense is random
+    backward = rows.loc[rows["track"] == "adaptive", "backward_passes"]
+    assert (backward == 10 * adaptive.eot_draws).all()
+
+
+def test_defaults_and_bad_track_options(tmp_path):
+    runner = CliRunner()
+    base = ["run", "--plugin", str(TOY), "--model", "world-vit", "--dataset", "world-size", "--samples", "4",
+            "--attack", "pgd-2", "--threads", "1"]
+    done = runner.invoke(app, [*base, "--defense", "toy-noise", "--track", "adaptive", "--output", str(tmp_path / "a")])
+    assert done.exit_code == 0, done.output
+    rows = results.load_results(tmp_path / "a")
+    assert set(rows["track"]) == {"adaptive"} and set(rows["eot_draws"]) == {10}
+    plain = runner.invoke(app, [*base, "--defense", "none", "--track", "adaptive", "--output", str(tmp_path / "b")])
+    assert set(results.load_results(tmp_path / "b")["track"]) == {"oblivious"}  # nothing to adapt to
+    bad = runner.invoke(app, [*base, "--defense", "toy-noise", "--track", "sideways", "--output", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "bad track 'sideways'" in bad.output
