@@ -198,3 +198,19 @@ def test_sample_selection_is_seeded_and_recorded(tiny_model_plugin_file, tmp_pat
     from vlmbench.protocol import indices_sha256
 
     assert protocol.data.indices_sha256 == indices_sha256(rows["sample_index"].tolist())
+
+
+def test_worst_case_over_attacks_is_per_sample(tiny_model_plugin_file, tmp_path):
+    result = run_tiny(tiny_model_plugin_file, tmp_path / "out", "--attack", "cw-2,none")
+    assert result.exit_code == 0, result.output
+    assert "worst" in result.output
+    rows = results.load_results(tmp_path / "out")
+    worst = results.worst_case(rows)
+    for (dataset, index), group in rows.groupby(["dataset", "sample_index"]):
+        expected = bool(group["robust"].all())
+        got = worst[(worst["dataset"] == dataset) & (worst["sample_index"] == index)]["robust"]
+        assert got.tolist() == [expected]
+    summary = results.summarize(rows)
+    per_attack = summary[summary["dataset"] == "mean"].set_index("attack")["robust_acc"]
+    assert per_attack["worst"] <= per_attack.drop("worst").min()
+    assert "worst" not in results.summarize(rows[rows["attack"] == "none"])["attack"].tolist()

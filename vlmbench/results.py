@@ -145,14 +145,44 @@ def load_results(path: Path) -> pd.DataFrame:
 
 
 GROUP = ["model", "defense", "attack", "track", "norm", "eps_label"]
+WORST = "worst"
+"""Attack name of the per-sample worst case over the attacks of a group (AutoAttack's robust accuracy)."""
 
 
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+def worst_case(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample worst case over attacks: one pseudo-attack per (model, defense,
+    track, norm, ε, dataset, seed) evaluated by two or more attacks (named ``worst``).
+
+    A sample is robust when it is robust under every attack (AutoAttack's definition of robust
+    accuracy). Only samples evaluated by all of the group's attacks count; the rows keep the columns
+    of the first attack's rows, with ``attack`` = ``worst`` and ``adv_correct``/``robust``
+    replaced.
+    """
+    key = ["model", "defense", "track", "norm", "eps_label", "dataset", "seed"]
+    frames = []
+    for _, group in rows.groupby(key, sort=False):
+        attacks = list(dict.fromkeys(group["attack"]))
+        if len(attacks) < 2:
+            continue
+        robust = group.pivot_table(index="sample_index", columns="attack", values="robust", aggfunc="all")
+        robust = robust.dropna().astype(bool).all(axis=1)
+        base = group[group["attack"] == attacks[0]].set_index("sample_index").loc[robust.index].reset_index()
+        base["attack"] = WORST
+        base["robust"] = robust.to_numpy()
+        base["adv_correct"] = base["robust"]
+        frames.append(base)
+    return pd.concat(frames, ignore_index=True) if frames else rows.iloc[:0]
+
+
+def summarize(rows: pd.DataFrame, with_worst_case: bool = True) -> pd.DataFrame:
     """Accuracy per cell, plus a ``mean`` row per (model, defense, attack, track, norm, ε).
 
     Columns: the ``GROUP`` keys, ``dataset``, ``n``, ``clean_acc`` and ``robust_acc`` (percent). The
-    mean is the unweighted average over datasets (the literature's convention).
+    mean is the unweighted average over datasets (the literature's convention). With
+    ``with_worst_case``, groups evaluated by several attacks also get the :func:`worst_case` rows.
     """
+    if with_worst_case:
+        rows = pd.concat([rows, worst_case(rows)], ignore_index=True)
     per_cell = (
         rows.groupby([*GROUP, "eps", "dataset"], sort=False)
         .agg(n=("robust", "size"), clean_acc=("clean_correct", "mean"), robust_acc=("robust", "mean"))
