@@ -35,7 +35,8 @@ def cell_files(output: Path) -> list[Path]:
 def test_run_writes_one_parquet_per_cell_with_the_protocol(tiny_model_plugin_file, tmp_path):
     result = run_tiny(tiny_model_plugin_file, tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert "world-shape" in result.output and "pgd-2 ε=2/255" in result.output and "mean" in result.output
+    assert "world-shape" in result.output and "pgd-2" in result.output and "ε=2/255" in result.output
+    assert "mean" in result.output
     files = cell_files(tmp_path / "out")
     assert len(files) == 2
     table = pq.read_table(files[0])

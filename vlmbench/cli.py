@@ -143,6 +143,7 @@ def run(
         progress.update(task, description="done")
     rows = pd.concat([o.rows for o in outcomes], ignore_index=True)
     print_summary(results.summarize(rows))
+    print_flags(rows)
     cached = sum(o.status == "cached" for o in outcomes)
     resumed = sum(o.status == "resumed" for o in outcomes)
     console.print(
@@ -160,7 +161,7 @@ def print_summary(summary: Any) -> None:
         table.add_column("clean %", justify="right")
         attacks = list(dict.fromkeys(zip(group["attack"], group["eps_label"])))
         for attack, eps in attacks:
-            table.add_column(f"{attack} ε={eps}", justify="right")
+            table.add_column(f"{attack}\nε={eps}", justify="right", overflow="fold")
         for dataset, rows in group.groupby("dataset", sort=False):
             robust = {(r.attack, r.eps_label): f"{r.robust_acc:.1f}" for r in rows.itertuples()}
             table.add_row(
@@ -172,6 +173,22 @@ def print_summary(summary: Any) -> None:
                 end_section=dataset == "mean",
             )
         console.print(table)
+
+
+def print_flags(rows: Any) -> None:
+    """List the sanity flags raised by ``rows``, each with its documentation anchor."""
+    from vlmbench.flags import DOCS, FLAGS, result_flags
+
+    found = result_flags(rows)
+    if found.empty:
+        console.print("sanity flags: none", highlight=False)
+        return
+    console.print(f"sanity flags ({len(found)}):", highlight=False)
+    for flag in found.itertuples(index=False):
+        where = " · ".join(v for v in (flag.model, flag.defense, flag.attack, flag.track, flag.eps_label, flag.dataset) if v != "*")
+        detail = f"{flag.detail}; " if flag.detail else ""
+        console.print(f"  [bold]{flag.flag}[/] ({DOCS}#{flag.flag}) {where}: {detail}{FLAGS[flag.flag]}",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command("list")
@@ -216,7 +233,9 @@ def results_show(path: Annotated[Path, typer.Argument(help="A results file or fo
     """Print the clean/robust accuracy table of a results file or folder."""
     from vlmbench import results
 
-    print_summary(results.summarize(results.load_results(path)))
+    rows = results.load_results(path)
+    print_summary(results.summarize(rows))
+    print_flags(rows)
 
 
 @results_app.command("schema")

@@ -68,6 +68,7 @@ SCHEMA = pa.schema(
         _field("time_s", pa.float64(), "wall seconds for this image (its batch's time / batch size)"),
         _field("forward_passes", pa.float64(), "model forward passes per image spent by the attack"),
         _field("backward_passes", pa.float64(), "model backward passes per image spent by the attack"),
+        _field("flags", pa.string(), "sanity flags measured on the cell (';'-separated, see docs/flags.md)"),
         _field("protocol", pa.string(), "the full protocol record as canonical JSON"),
     ]
 )

@@ -36,6 +36,7 @@ from vlmbench.config import build_config
 from vlmbench.data import DatasetPlugin, ZeroShotDataset
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
+from vlmbench.flags import cell_flags
 from vlmbench.models import ClipModel, ModelPlugin, resolve_model
 from vlmbench.protocol import DataSpec, PluginRef, Protocol, ThreatModel, indices_sha256
 from vlmbench.registry import PluginError, plugins, unknown_name_message
@@ -431,6 +432,7 @@ def _run_cell(
         return CellOutcome(final, protocol, "cached", rows)
     staging = output / results.PARTIAL_DIR / cell_id
     batch_size = protocol.batch_size
+    flags = _measure_cell_flags(cell, indices[:batch_size], batch_seed(protocol.seed, cell_id, -1))
     started = time.perf_counter()
     frames, resumed = [], False
     for start in range(0, len(indices), batch_size):
@@ -439,6 +441,7 @@ def _run_cell(
         frame = _read_part(part, batch_indices)
         if frame is None:
             frame = _run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start))
+            frame["flags"] = flags
             results.write_atomic(results.to_table(frame, {}), part)
         else:
             resumed = True
@@ -475,23 +478,40 @@ def _read_part(path: Path, batch_indices: list[int]) -> pd.DataFrame | None:
     return frame if frame["sample_index"].tolist() == batch_indices else None
 
 
-def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
-    protocol, attack, device, defended = cell.protocol, cell.attack, cell.device, cell.defended
+def _load_batch(cell: _Cell, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N,3,H,W)`` float32 in [0,1] and labels ``(N,)`` of ``indices``, on the cell's device."""
     items = [cell.dataset[index] for index in indices]
     shapes = {tuple(img.shape) for img, _ in items}
     if len(shapes) != 1:
-        raise RunError(f"dataset {protocol.data.dataset!r} yields images of several sizes {sorted(shapes)} in one batch")
-    x = torch.stack([img for img, _ in items]).to(device=device, dtype=torch.float32)
-    y = torch.tensor([label for _, label in items], dtype=torch.long, device=device)
+        raise RunError(f"dataset {cell.protocol.data.dataset!r} yields images of several sizes {sorted(shapes)} in one batch")
+    x = torch.stack([img for img, _ in items]).to(device=cell.device, dtype=torch.float32)
+    y = torch.tensor([label for _, label in items], dtype=torch.long, device=cell.device)
     if float(x.min()) < 0 or float(x.max()) > 1:
-        raise RunError(f"dataset {protocol.data.dataset!r} yields pixels outside [0,1]")
+        raise RunError(f"dataset {cell.protocol.data.dataset!r} yields pixels outside [0,1]")
+    return x, y
+
+
+def _crafting_model(cell: _Cell) -> torch.nn.Module:
+    """What the attack differentiates: the classifier without test-time defenses (oblivious track)
+    or the whole defended pipeline (adaptive track)."""
+    return cell.classifier if cell.protocol.track == "oblivious" else cell.defended
+
+
+def _measure_cell_flags(cell: _Cell, indices: list[int], seed: int) -> str:
+    torch.manual_seed(seed)
+    x, y = _load_batch(cell, indices)
+    return ";".join(cell_flags(cell.defended, _crafting_model(cell), x, y))
+
+
+def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
+    protocol, attack, device, defended = cell.protocol, cell.attack, cell.device, cell.defended
+    x, y = _load_batch(cell, indices)
     torch.manual_seed(seed)  # test-time defenses draw from the global generator
     generator = torch.Generator(device=device).manual_seed(seed)
     started = time.perf_counter()
     with torch.no_grad():
         clean_pred = defended(x).argmax(dim=1)
-    target = cell.classifier if protocol.track == "oblivious" else defended
-    crafting = _PassCounter(target)
+    crafting = _PassCounter(_crafting_model(cell))
     x_adv = attack.cls(attack.threat, attack.config, protocol.eot_draws).perturb(crafting, x, y, generator).detach()
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     with torch.no_grad():

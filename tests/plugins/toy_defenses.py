@@ -66,3 +66,16 @@ class ToyQuantise(Defense):
     def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
         k = self.config.levels - 1
         return _Wrapped(classifier, bpda(lambda x: torch.round(x * k) / k))
+
+
+class ToyQuantiseMasked(Defense):
+    """Rounds pixels like ``toy-quantise`` but offers no backward approximation: its input gradient is
+    exactly zero, the textbook case of gradient masking."""
+
+    name: ClassVar[str] = "toy-quantise-masked"
+    description: ClassVar[str] = "test defense: pixel quantisation without BPDA (masks gradients)"
+    Config: ClassVar[type] = QuantiseConfig
+
+    def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
+        k = self.config.levels - 1
+        return _Wrapped(classifier, lambda x: torch.round(x * k) / k)

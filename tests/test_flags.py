@@ -1,0 +1,63 @@
+"""Sanity flags: measured per cell at run time, and derived across cells from stored rows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from vlmbench import results
+from vlmbench.cli import app
+from vlmbench.flags import FLAGS, result_flags
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = Path(__file__).parent / "plugins" / "toy_defenses.py"
+
+
+def run(tmp_path: Path, *args: str):
+    return CliRunner().invoke(app, ["run", "--plugin", str(TOY), "--model", "world-rn", "--dataset", "world-colour",
+                                    "--samples", "8", "--threads", "1", "--output", str(tmp_path), *args])
+
+
+def test_random_and_gradient_masking_defenses_are_flagged_per_cell(tmp_path):
+    noisy = run(tmp_path / "noise", "--defense", "toy-noise", "--attack", "pgd-2", "--eot", "2")
+    assert noisy.exit_code == 0, noisy.output
+    assert "forward-randomness" in noisy.output and "docs/flags.md#forward-randomness" in noisy.output
+    assert set(results.load_results(tmp_path / "noise")["flags"]) == {"forward-randomness"}
+    masked = run(tmp_path / "masked", "--defense", "toy-quantise-masked", "--attack", "pgd-2", "--track", "adaptive")
+    assert masked.exit_code == 0, masked.output
+    assert set(results.load_results(tmp_path / "masked")["flags"]) == {"zero-gradients=1.00"}
+    honest = run(tmp_path / "bpda", "--defense", "toy-quantise", "--attack", "pgd-2", "--track", "adaptive")
+    assert set(results.load_results(tmp_path / "bpda")["flags"]) == {""}
+    assert "sanity flags: none" in honest.output
+
+
+def _cell(attack="pgd-10", track="oblivious", eps=1, clean=(1, 1, 1, 1), adv=(0, 0, 1, 1), flags=""):
+    return pd.DataFrame({
+        "model": "m", "defense": "d", "attack": attack, "track": track, "norm": "linf", "eps": eps / 255,
+        "eps_label": f"{eps}/255", "dataset": "ds", "flags": flags, "clean_correct": list(clean),
+        "adv_correct": list(adv), "robust": [bool(c and a) for c, a in zip(clean, adv)],
+    })
+
+
+def test_cross_cell_flags():
+    assert result_flags(_cell()).empty
+    above = result_flags(_cell(clean=(0, 0, 1, 1), adv=(1, 1, 1, 0)))
+    assert above["flag"].tolist() == ["robust-above-clean"]
+    square = result_flags(pd.concat([_cell("pgd-10", adv=(0, 1, 1, 1)), _cell("square", adv=(0, 0, 1, 1))]))
+    assert square["flag"].tolist() == ["square-beats-whitebox"]
+    sweep = result_flags(pd.concat([_cell(eps=1, adv=(0, 0, 0, 1)), _cell(eps=4, adv=(0, 0, 1, 1))]))
+    assert sweep["flag"].tolist() == ["eps-not-monotone"] and "ε=4/255" in sweep["detail"].iloc[0]
+    tracks = result_flags(pd.concat([_cell(track="oblivious", adv=(0, 0, 0, 1)), _cell(track="adaptive", adv=(0, 0, 1, 1))]))
+    assert tracks["flag"].tolist() == ["adaptive-weaker"]
+    stored = result_flags(_cell(flags="forward-randomness;zero-gradients=0.25"))
+    assert stored["flag"].tolist() == ["forward-randomness", "zero-gradients"]
+    assert stored["detail"].tolist() == ["", "fraction 0.25"]
+
+
+def test_every_flag_is_documented():
+    text = (ROOT / "docs" / "flags.md").read_text()
+    documented = re.findall(r'^## <a id="([a-z-]+)"></a>', text, flags=re.M)
+    assert documented == list(FLAGS)
