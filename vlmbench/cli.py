@@ -87,6 +87,7 @@ def run(
     defense_param: Annotated[list[str] | None, typer.Option(help="Defense parameter key=value (repeatable).")] = None,
     track: Annotated[str | None, typer.Option(help="oblivious, adaptive or both (default: both for test-time defenses).")] = None,
     eot: Annotated[int | None, typer.Option(help="EOT draws per gradient on the adaptive track (default: 10 if the defense is random).")] = None,
+    source_model: Annotated[str | None, typer.Option(help="Craft the attacks on this model instead (transfer track).")] = None,
     plugin: PluginOption = None,
 ) -> None:
     """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
@@ -122,6 +123,7 @@ def run(
         defense_params=tuple(defense_param or ()),
         track=track,
         eot_draws=eot,
+        source_model=source_model,
     )
     the_plan = plan(request)
     with Progress(

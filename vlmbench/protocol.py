@@ -19,7 +19,7 @@ from typing import Any, Literal
 from vlmbench.errors import VlmbenchError
 
 Norm = Literal["linf", "l2"]
-Track = Literal["oblivious", "adaptive"]
+Track = Literal["oblivious", "adaptive", "transfer"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 
 
@@ -200,8 +200,10 @@ class Protocol:
             defended pipeline) or ``"adaptive"`` (craft on the full defended pipeline, BPDA through the
             steps it declares non-differentiable). Without a test-time defense both coincide and the
             track is ``"oblivious"``.
+            ``"transfer"``: crafted on another model (``source``), evaluated on the defended target.
         eot_draws: draws of the defense's randomness averaged per attack gradient (EOT); 1 when
             the crafting model is deterministic.
+        source: the model the attack was crafted on (transfer track), else None.
         versions: versions of the packages the numbers depend on (vlmbench, torch, open_clip, ...).
     """
 
@@ -215,6 +217,7 @@ class Protocol:
     precision: str = "fp32"
     track: Track = "oblivious"
     eot_draws: int = 1
+    source: PluginRef | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
     def __hash__(self) -> int:
@@ -235,7 +238,8 @@ class Protocol:
             attack=PluginRef(**raw["attack"]),
             threat=ThreatModel(**raw["threat"]),
             data=DataSpec(**raw["data"]),
-            **{f.name: raw[f.name] for f in fields(cls) if f.name not in {"model", "defense", "attack", "threat", "data"}},
+            source=PluginRef(**raw["source"]) if raw.get("source") else None,
+            **{f.name: raw[f.name] for f in fields(cls) if f.name not in {"model", "defense", "attack", "threat", "data", "source"}},
         )
 
     def cell_hash(self) -> str:

@@ -41,7 +41,7 @@ SCHEMA = pa.schema(
         _field("model_fingerprint", pa.string(), "SHA-256 prefix of the evaluated weights (after training-time defenses)"),
         _field("defense", pa.string(), "defense name (plus-joined when composed)"),
         _field("attack", pa.string(), "attack name as given (pgd-10)"),
-        _field("track", pa.string(), "oblivious: crafted without the test-time defenses; adaptive: on the defended pipeline"),
+        _field("track", pa.string(), "oblivious: crafted without the test-time defenses; adaptive: on the defended pipeline; transfer: on the source model"),
         _field("eot_draws", pa.int64(), "draws of the defense's randomness per attack gradient (EOT)"),
         _field("dataset", pa.string(), "dataset name"),
         _field("split", pa.string(), "dataset split"),

@@ -73,6 +73,7 @@ class RunRequest:
             part, else ``oblivious`` (the two coincide without one).
         eot_draws: EOT draws on the adaptive track of a stochastic defense (None: 10); always 1 for a
             deterministic one.
+        source_model: craft every attack on this model instead (transfer track; replaces ``track``).
     """
 
     models: tuple[str, ...] = ("world-vit",)
@@ -96,6 +97,7 @@ class RunRequest:
     defense_params: tuple[str, ...] = ()
     track: str | None = None
     eot_draws: int | None = None
+    source_model: str | None = None
 
 
 TRACKS = ("oblivious", "adaptive", "both")
@@ -128,6 +130,7 @@ class Plan:
     datasets: list[tuple[DatasetPlugin, ZeroShotDataset, list[int]]]  # plugin, loaded split, chosen indices
     attacks: list[AttackChoice]  # one per (attack, ε)
     device: torch.device
+    source: ModelPlugin | None = None  # transfer attacks are crafted on this model
 
     @property
     def n_cells(self) -> int:
@@ -182,7 +185,8 @@ def plan(request: RunRequest) -> Plan:
             if "adaptive" in defense.tracks and defense.eot_draws > 1 and "eot" not in attack.cls.honours:
                 raise RunError(f"attack {attack.spec!r} cannot average over the randomness of {defense.spec!r} (EOT); "
                                "use an attack that supports EOT or --eot 1")
-    return Plan(request, models, defenses, datasets, attacks, _device(request.device))
+    source = resolve_model(request.source_model) if request.source_model else None
+    return Plan(request, models, defenses, datasets, attacks, _device(request.device), source)
 
 
 def _device(spec: str) -> torch.device:
@@ -244,8 +248,10 @@ def _resolve_defense(spec: str, request: RunRequest) -> DefenseChoice:
         mine = _assignments_for(name, names, request.defense_params, "defense")
         parts.append(cls(build_config(cls.Config, mine, f"defense {name!r}")))
     test_time = any(part.is_test_time() for part in parts)
-    if not test_time:
-        tracks: tuple[str, ...] = ("oblivious",)  # nothing at test time: both tracks are the same attack
+    if request.source_model is not None:
+        tracks: tuple[str, ...] = ("transfer",)
+    elif not test_time:
+        tracks = ("oblivious",)  # nothing at test time: both tracks are the same attack
     elif request.track in (None, "both"):
         tracks = ("oblivious", "adaptive")
     else:
@@ -363,6 +369,7 @@ def execute(
     outcomes: list[CellOutcome] = []
     meta = run_metadata(device)
     versions = meta["versions"]
+    source = plan_.source.load(device) if plan_.source else None
     for model_plugin in plan_.models:
         original = model_plugin.load(device)
         for defense in plan_.defenses:
@@ -372,6 +379,9 @@ def execute(
                 model = part.adapt_model(model, context)
             for dataset_plugin, dataset, indices in plan_.datasets:
                 classifier = ZeroShotClassifier.build(model, dataset.classnames, dataset.templates).to(device)
+                source_classifier = (
+                    ZeroShotClassifier.build(source, dataset.classnames, dataset.templates).to(device) if source else None
+                )
                 defended: torch.nn.Module = classifier
                 for part in defense.parts:
                     defended = part.wrap(defended, context)  # type: ignore[arg-type]
@@ -396,11 +406,12 @@ def execute(
                         batch_size=request.batch_size,
                         track=track,  # type: ignore[arg-type]
                         eot_draws=defense.eot_draws if track == "adaptive" else 1,
+                        source=PluginRef(plan_.source.name, source.fingerprint) if plan_.source and source else None,
                         versions=versions,
                     )
                     if on_cell:
                         on_cell(protocol, len(indices))
-                    cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device)
+                    cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device, source_classifier)
                     outcomes.append(_run_cell(cell, request.output, meta, on_advance))
     return outcomes
 
@@ -417,6 +428,7 @@ class _Cell:
     dataset: ZeroShotDataset
     indices: list[int]
     device: torch.device
+    source: ZeroShotClassifier | None = None  # the transfer track crafts on it
 
 
 def _run_cell(
@@ -492,8 +504,11 @@ def _load_batch(cell: _Cell, indices: list[int]) -> tuple[torch.Tensor, torch.Te
 
 
 def _crafting_model(cell: _Cell) -> torch.nn.Module:
-    """What the attack differentiates: the classifier without test-time defenses (oblivious track)
-    or the whole defended pipeline (adaptive track)."""
+    """What the attack differentiates: the classifier without test-time defenses (oblivious track),
+    the whole defended pipeline (adaptive track), or the source model's classifier (transfer track)."""
+    if cell.protocol.track == "transfer":
+        assert cell.source is not None
+        return cell.source
     return cell.classifier if cell.protocol.track == "oblivious" else cell.defended
 
 
