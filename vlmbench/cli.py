@@ -154,23 +154,25 @@ def run(
 
 
 def print_summary(summary: Any) -> None:
-    """Print :func:`vlmbench.results.summarize` as one table per (model, defense, track, norm):
-    a row per dataset (and the mean), the clean accuracy, and one robust column per attack × ε."""
-    for (model, defense, track, norm), group in summary.groupby(["model", "defense", "track", "norm"], sort=False):
-        table = Table(title=f"{model} · defense {defense} · {track} · {norm}", title_justify="left")
+    """Print :func:`vlmbench.results.summarize` as one table per (model, defense, track, norm, ε):
+    a row per dataset (and the mean), the clean accuracy, and one robust-accuracy column per attack."""
+    keys = ["model", "defense", "track", "norm", "eps_label"]
+    for (model, defense, track, norm, eps), group in summary.groupby(keys, sort=False):
+        title = f"{model} · defense {defense} · {track} · {norm} ε={eps} (robust %)"
+        table = Table(title=title, title_justify="left")
         table.add_column("dataset", no_wrap=True)
         table.add_column("n", justify="right")
         table.add_column("clean %", justify="right")
-        attacks = list(dict.fromkeys(zip(group["attack"], group["eps_label"])))
-        for attack, eps in attacks:
-            table.add_column(f"{attack}\nε={eps}", justify="right", overflow="fold")
+        attacks = list(dict.fromkeys(group["attack"]))
+        for attack in attacks:
+            table.add_column(attack, justify="right", overflow="fold")
         for dataset, rows in group.groupby("dataset", sort=False):
-            robust = {(r.attack, r.eps_label): f"{r.robust_acc:.1f}" for r in rows.itertuples()}
+            robust = {r.attack: f"{r.robust_acc:.1f}" for r in rows.itertuples()}
             table.add_row(
                 dataset,
                 str(int(rows["n"].iloc[0])),
                 f"{rows['clean_acc'].mean():.1f}",
-                *[robust.get(key, "") for key in attacks],
+                *[robust.get(attack, "") for attack in attacks],
                 style="bold" if dataset == "mean" else None,
                 end_section=dataset == "mean",
             )
