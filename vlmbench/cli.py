@@ -94,7 +94,6 @@ def run(
     import pandas as pd
     import torch
 
-    from vlmbench import results
     from vlmbench.runner import RunRequest, execute, plan
 
     if threads is not None:
@@ -143,14 +142,20 @@ def run(
 
         outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k))
         progress.update(task, description="done")
-    rows = pd.concat([o.rows for o in outcomes], ignore_index=True)
-    print_summary(results.summarize(rows))
-    print_flags(rows)
+    print_report(pd.concat([o.rows for o in outcomes], ignore_index=True))
     cached = sum(o.status == "cached" for o in outcomes)
     resumed = sum(o.status == "resumed" for o in outcomes)
     console.print(
         f"{len(outcomes)} cells ({cached} already complete, {resumed} resumed) → {output}/", highlight=False
     )
+
+
+def print_report(rows: Any) -> None:
+    """The accuracy tables and the sanity flags of per-sample result rows."""
+    from vlmbench import results
+
+    print_summary(results.summarize(rows))
+    print_flags(rows)
 
 
 def print_summary(summary: Any) -> None:
@@ -237,9 +242,7 @@ def results_show(path: Annotated[Path, typer.Argument(help="A results file or fo
     """Print the clean/robust accuracy table of a results file or folder."""
     from vlmbench import results
 
-    rows = results.load_results(path)
-    print_summary(results.summarize(rows))
-    print_flags(rows)
+    print_report(results.load_results(path))
 
 
 @results_app.command("schema")

@@ -111,6 +111,10 @@ class AttackChoice:
     threat: ThreatModel
     config: Any
 
+    def build(self, eot_draws: int = 1) -> Attack:
+        """The attack instance (constructing it validates norm support and EOT)."""
+        return self.cls(self.threat, self.config, eot_draws)
+
 
 @dataclass(frozen=True)
 class DefenseChoice:
@@ -177,8 +181,9 @@ def plan(request: RunRequest) -> Plan:
         dataset = plugin.load(request.data_root, request.split)
         indices = select_indices(len(dataset), request.n_samples, request.selection, request.seed)
         datasets.append((plugin, dataset, indices))
+    attack_names = [parse_attack_name(spec, registry.attacks.names())[0] for spec in request.attacks]
     attacks = [
-        _resolve_attack(spec, eps, request) for spec in request.attacks for eps in request.eps
+        _resolve_attack(spec, eps, request, attack_names) for spec in request.attacks for eps in request.eps
     ]
     for defense in defenses:
         for attack in attacks:
@@ -216,10 +221,10 @@ def _expand_datasets(patterns: tuple[str, ...]) -> list[str]:
     return chosen
 
 
-def _resolve_attack(spec: str, eps: str, request: RunRequest) -> AttackChoice:
+def _resolve_attack(spec: str, eps: str, request: RunRequest, names: list[str]) -> AttackChoice:
+    """``names``: the base names of every attack of the request (to route ``NAME.key=value``)."""
     registry = plugins().attacks
     name, steps = parse_attack_name(spec, registry.names())
-    names = [parse_attack_name(s, registry.names())[0] for s in request.attacks]
     cls: type[Attack] = registry.get(name)
     steps = cls.default_steps if steps is None else steps
     if steps == 0 and cls.default_steps != 0:
@@ -235,8 +240,9 @@ def _resolve_attack(spec: str, eps: str, request: RunRequest) -> AttackChoice:
         request.restarts, request.random_start,
     )
     config = build_config(cls.Config, _assignments_for(name, names, request.attack_params, "attack"), f"attack {name!r}")
-    cls(threat, config)  # validates norm support now rather than mid-run
-    return AttackChoice(spec, cls, threat, config)
+    choice = AttackChoice(spec, cls, threat, config)
+    choice.build()  # validates norm support now rather than mid-run
+    return choice
 
 
 def _resolve_defense(spec: str, request: RunRequest) -> DefenseChoice:
@@ -399,14 +405,14 @@ def execute(
                         defense=PluginRef(defense.spec, "+".join(p.version for p in defense.parts),
                                           {p.name: p.params() for p in defense.parts}),
                         attack=PluginRef(attack.spec, attack.cls.version,
-                                         attack.cls(attack.threat, attack.config).params(dataset.num_classes)),
+                                         attack.build().params(dataset.num_classes)),
                         threat=attack.threat,
                         data=data_spec,
                         seed=request.seed,
                         batch_size=request.batch_size,
                         track=track,  # type: ignore[arg-type]
                         eot_draws=defense.eot_draws if track == "adaptive" else 1,
-                        source=PluginRef(plan_.source.name, source.fingerprint) if plan_.source and source else None,
+                        source=PluginRef(source.name, source.fingerprint) if source is not None else None,
                         versions=versions,
                     )
                     if on_cell:
@@ -527,7 +533,7 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
     with torch.no_grad():
         clean_pred = defended(x).argmax(dim=1)
     crafting = _PassCounter(_crafting_model(cell))
-    x_adv = attack.cls(attack.threat, attack.config, protocol.eot_draws).perturb(crafting, x, y, generator).detach()
+    x_adv = attack.build(protocol.eot_draws).perturb(crafting, x, y, generator).detach()
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     with torch.no_grad():
         adv_pred = defended(x_adv).argmax(dim=1)

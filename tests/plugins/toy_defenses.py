@@ -64,18 +64,20 @@ class ToyQuantise(Defense):
     non_differentiable: ClassVar[tuple[str, ...]] = ("quantise",)
 
     def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
+        return _Wrapped(classifier, bpda(self.rounding))
+
+    def rounding(self, x: torch.Tensor) -> torch.Tensor:
         k = self.config.levels - 1
-        return _Wrapped(classifier, bpda(lambda x: torch.round(x * k) / k))
+        return torch.round(x * k) / k
 
 
-class ToyQuantiseMasked(Defense):
+class ToyQuantiseMasked(ToyQuantise):
     """Rounds pixels like ``toy-quantise`` but offers no backward approximation: its input gradient is
     exactly zero, the textbook case of gradient masking."""
 
     name: ClassVar[str] = "toy-quantise-masked"
     description: ClassVar[str] = "test defense: pixel quantisation without BPDA (masks gradients)"
-    Config: ClassVar[type] = QuantiseConfig
+    non_differentiable: ClassVar[tuple[str, ...]] = ()
 
     def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
-        k = self.config.levels - 1
-        return _Wrapped(classifier, lambda x: torch.round(x * k) / k)
+        return _Wrapped(classifier, self.rounding)
