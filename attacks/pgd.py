@@ -14,7 +14,8 @@ and a sample keeps the first iterate that fooled the model (else the last restar
 
 Losses: ``ce`` (cross-entropy, summed over the batch, as in TTC/TeCoA) and ``margin``:
 ``−ReLU(z_y − max_{j≠y} z_j + κ)``, κ = 50 — what TeCoA, PMG-AFT, TTC and HPT-GPD call "CW"
-(ℓ∞ PGD on the margin, not the Carlini–Wagner ℓ2 optimisation).
+(ℓ∞ PGD on the margin, not the Carlini–Wagner ℓ2 optimisation). Targeted (``target`` given): ascend
+``−CE(z, t)``, or ``−ReLU(max_{j≠t} z_j − z_t + κ)`` for CW.
 
 Every step checks that a finite input gradient was obtained; an attack that lost its gradient
 raises :class:`~vlmbench.attack.AttackError` instead of returning a weaker result.
@@ -29,6 +30,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from vlmbench.adaptive import logits_and_objective
 from vlmbench.attack import Attack, AttackError, Model
 from vlmbench.protocol import ThreatModel
 
@@ -47,6 +49,18 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Te
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
     return -F.relu(true - others.amax(dim=1) + kappa)
+
+
+def targeted_cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``−CE(logits, target)`` ``(N,)``: maximising it pulls the prediction to ``target``."""
+    return -F.cross_entropy(logits, target, reduction="none")
+
+
+def targeted_margin_loss(logits: torch.Tensor, target: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Per-sample ``−ReLU(max_{j≠t} z_j − z_t + κ)`` ``(N,)``: 0 once the target leads by κ."""
+    aimed = logits.gather(1, target[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(target, logits.shape[1]).bool(), float("-inf"))
+    return -F.relu(others.amax(dim=1) - aimed + kappa)
 
 
 def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generator) -> torch.Tensor:
@@ -85,12 +99,17 @@ def pgd(
     loss_fn: LossFn,
     generator: torch.Generator,
     eot_draws: int = 1,
+    targeted: bool = False,
 ) -> torch.Tensor:
     """Run PGD with ``threat``'s budget and return ``x_adv`` (see the module docstring).
 
+    ``y`` are the true labels, or with ``targeted`` the target classes; ``loss_fn`` is given them
+    and a restart succeeds on a sample when the prediction differs from the label (equals the target).
+
     With ``eot_draws = n > 1`` every step evaluates the batch ``n`` times (one forward pass of a
     batch ``n`` times as large) and ascends the summed loss: the EOT estimate of the expected loss's
-    gradient for a randomised ``model``.
+    gradient for a randomised ``model``. If ``model`` provides a defense-aware objective
+    (:mod:`vlmbench.adaptive`), its per-sample term is added to the loss.
     """
     if threat.steps < 1:
         raise AttackError(f"PGD needs at least one step, got {threat.steps}")
@@ -104,7 +123,10 @@ def pgd(
         delta = random_start(xr, threat, generator) if threat.random_start else torch.zeros_like(xr)
         for _ in range(threat.steps):
             delta.requires_grad_(True)
-            loss = loss_fn(model((xr + delta).repeat(eot_draws, 1, 1, 1)), yr.repeat(eot_draws)).sum()
+            logits, extra = logits_and_objective(model, (xr + delta).repeat(eot_draws, 1, 1, 1))
+            loss = loss_fn(logits, yr.repeat(eot_draws)).sum()
+            if extra is not None:
+                loss = loss + extra.sum()
             (grad,) = torch.autograd.grad(loss, delta)
             if grad is None or not torch.isfinite(grad).all():
                 raise AttackError("PGD obtained no finite input gradient: the model is not differentiable here")
@@ -115,7 +137,8 @@ def pgd(
         if threat.restarts == 1:
             return candidate
         with torch.no_grad():
-            fooled = model(candidate).argmax(dim=1) != yr
+            predicted = model(candidate).argmax(dim=1)
+            fooled = predicted == yr if targeted else predicted != yr
         last = restart == threat.restarts - 1
         take = fooled | last
         x_adv[index[take]] = candidate[take]
@@ -129,7 +152,12 @@ class PGD(Attack):
     name: ClassVar[str] = "pgd"
     description: ClassVar[str] = "PGD on cross-entropy (Madry et al. 2018), l-inf/l2, random start, restarts"
 
-    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    honours: ClassVar[frozenset[str]] = Attack.honours | {"defense_loss", "targeted"}
+
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                target: torch.Tensor | None = None) -> torch.Tensor:
+        if target is not None:
+            return pgd(model, x, target, self.threat, targeted_cross_entropy_loss, generator, self.eot_draws, True)
         return pgd(model, x, y, self.threat, cross_entropy_loss, generator, self.eot_draws)
 
 
@@ -149,7 +177,13 @@ class CW(Attack):
     description: ClassVar[str] = "'CW' of TeCoA/TTC: PGD on the margin loss, kappa=50 (not Carlini-Wagner L2)"
     Config: ClassVar[type] = CWConfig
 
-    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    honours: ClassVar[frozenset[str]] = Attack.honours | {"defense_loss", "targeted"}
+
+    def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+                target: torch.Tensor | None = None) -> torch.Tensor:
         kappa = self.config.kappa
-        return pgd(model, x, y, self.threat, lambda logits, labels: margin_loss(logits, labels, kappa), generator,
+        if target is not None:
+            return pgd(model, x, target, self.threat, lambda z, t: targeted_margin_loss(z, t, kappa), generator,
+                       self.eot_draws, True)
+        return pgd(model, x, y, self.threat, lambda z, labels: margin_loss(z, labels, kappa), generator,
                    self.eot_draws)

@@ -40,8 +40,11 @@ class Attack(ABC):
         norms: the threat-model norms the attack supports.
         default_steps: steps when the name carries no ``-STEPS`` suffix.
         honours: the optional settings the attack obeys (``step_size``, ``restarts``,
-            ``random_start``, ``eot``: averaging gradients over draws of a random defense). Setting one it does not honour is an error; in the protocol record a
-            step size it does not use is 0 (adaptive, e.g. APGD) and its restarts are in its params.
+            ``random_start``, ``eot``: averaging gradients over draws of a random defense;
+            ``defense_loss``: adding a defense's own objective on the adaptive track, see
+            :mod:`vlmbench.adaptive`; ``targeted``: the target modes of :mod:`vlmbench.targets`).
+            Setting one it does not honour is an error; in the protocol record a step size it does
+            not use is 0 (adaptive, e.g. APGD) and its restarts are in its params.
 
     Args:
         threat: the budget to respect.
@@ -75,6 +78,8 @@ class Attack(ABC):
             x: clean images, float32, in [0,1].
             y: true labels ``(N,)``, int64.
             generator: the only source of randomness (seeded per batch by the runner), on ``x.device``.
+            target: (keyword, only passed to attacks that honour ``targeted``) the class ``(N,)``
+                each image should be classified as; the attack then aims at it instead of away from ``y``.
 
         Returns:
             ``x_adv`` of the same shape and dtype, within ``threat.eps`` of ``x`` in ``threat.norm``

@@ -203,6 +203,9 @@ class Protocol:
             ``"transfer"``: crafted on another model (``source``), evaluated on the defended target.
         eot_draws: draws of the defense's randomness averaged per attack gradient (EOT); 1 when
             the crafting model is deterministic.
+        defense_loss: the adaptive attack added the defense's own objective to its loss
+            (:mod:`vlmbench.adaptive`); False on other tracks, for defenses without one, and for
+            attacks that cannot use one.
         source: the model the attack was crafted on (transfer track), else None.
         versions: versions of the packages the numbers depend on (vlmbench, torch, open_clip, ...).
     """
@@ -217,6 +220,7 @@ class Protocol:
     precision: str = "fp32"
     track: Track = "oblivious"
     eot_draws: int = 1
+    defense_loss: bool = False
     source: PluginRef | None = None
     versions: dict[str, str] = field(default_factory=dict)
 

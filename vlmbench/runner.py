@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from vlmbench import results
+from vlmbench.adaptive import provides_objective
 from vlmbench.attack import Attack, check_perturbation, parse_attack_name, perturbation_norms
 from vlmbench.classifier import ZeroShotClassifier, cache_dir
 from vlmbench.config import build_config
@@ -334,15 +335,23 @@ def run_metadata(device: torch.device) -> dict[str, Any]:
 class _PassCounter(torch.nn.Module):
     """Counts images sent forward through, and gradients sent back through, the wrapped model."""
 
-    def __init__(self, inner: torch.nn.Module) -> None:
+    def __init__(self, inner: torch.nn.Module, objective: bool = False) -> None:
         super().__init__()
         self.inner = inner
         self.forward_images = 0
         self.backward_images = 0
+        if objective:  # expose the defense-aware objective only when the attack may use it
+            self.forward_with_objective = self._forward_with_objective
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._counted(x, self.inner(x))
+
+    def _forward_with_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, extra = self.inner.forward_with_objective(x)
+        return self._counted(x, logits), extra
+
+    def _counted(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         self.forward_images += x.shape[0]
-        out = self.inner(x)
         if out.requires_grad:
             n = x.shape[0]
             out.register_hook(lambda grad: self._count_backward(n))
@@ -412,6 +421,8 @@ def execute(
                         batch_size=request.batch_size,
                         track=track,  # type: ignore[arg-type]
                         eot_draws=defense.eot_draws if track == "adaptive" else 1,
+                        defense_loss=(track == "adaptive" and provides_objective(defended)
+                                      and "defense_loss" in attack.cls.honours),
                         source=PluginRef(source.name, source.fingerprint) if source is not None else None,
                         versions=versions,
                     )
@@ -532,7 +543,7 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
     started = time.perf_counter()
     with torch.no_grad():
         clean_pred = defended(x).argmax(dim=1)
-    crafting = _PassCounter(_crafting_model(cell))
+    crafting = _PassCounter(_crafting_model(cell), objective=protocol.defense_loss)
     x_adv = attack.build(protocol.eot_draws).perturb(crafting, x, y, generator).detach()
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     with torch.no_grad():
