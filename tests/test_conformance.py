@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vlmbench.classifier import ZeroShotClassifier
-from vlmbench.data import ZeroShotDataset
+from vlmbench.data import DatasetNotFoundError, ZeroShotDataset
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.models import ClipModel
 from vlmbench.registry import plugins
@@ -54,6 +54,12 @@ def test_every_defense_conforms(name, world_classifier, tmp_path):
 def test_every_dataset_conforms(name):
     plugin = plugins().datasets.get(name)
     assert plugin.description and plugin.splits
+    assert plugin.status(None) in ("ready", "generated", "missing")
+    if plugin.status(None) == "missing":  # a dataset on disk: without files it fails fast, saying what to do
+        with pytest.raises(DatasetNotFoundError) as info:
+            plugin.load(None)
+        assert str(info.value) and "\n" not in str(info.value)
+        return  # its items are checked from fabricated files (tests/test_datasets_real.py for the built-ins)
     dataset = plugin.load(None)
     assert isinstance(dataset, ZeroShotDataset) and dataset.split == plugin.splits[0]
     assert len(dataset) > 0 and dataset.num_classes >= 2

@@ -30,12 +30,19 @@ class ZeroShotDataset(ABC, torch.utils.data.Dataset):
         split: the split these items come from (``"test"``).
         classnames: one human-readable name per class, index = label.
         templates: prompt templates, each containing exactly one ``{}`` for the class name.
+        pixels: ``"native"`` when items are the stored pixels, else the deterministic resize applied
+            at load (datasets whose images vary in size must give one size per dataset to be batched);
+            recorded in the protocol's ``DataSpec.resolution``.
+        superclass_maps: named groupings of the classes (``{name: {superclass: [class names]}}``)
+            offered to superclass attacks (:mod:`vlmbench.targets`); empty by default.
     """
 
     name: str
     split: str
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
+    pixels: str = "native"  # how items relate to the files: "native", or the load-time resize applied
+    superclass_maps: dict[str, dict[str, list[str]]] = {}  # named groupings for superclass attacks
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -59,11 +66,13 @@ class DatasetPlugin(ABC):
         name: registry name.
         description: one line for ``vlmbench list datasets``.
         splits: the splits this dataset offers; the first is the default evaluation split.
+        can_download: :meth:`download` can fetch the files (only where the dataset's own loader can).
     """
 
     name: str
     description: str
     splits: Sequence[str] = ("test",)
+    can_download: bool = False
 
     @abstractmethod
     def load(self, data_root: Path | None, split: str | None = None) -> ZeroShotDataset:
@@ -76,6 +85,14 @@ class DatasetPlugin(ABC):
     def status(self, data_root: Path | None) -> str:
         """One word for listings: ``"ready"``, ``"generated"`` or ``"missing"``."""
         return "ready"
+
+    def download(self, data_root: Path) -> None:
+        """Fetch the files into ``data_root`` (only called when the user asks, e.g. ``--download``).
+
+        Raises:
+            DatasetNotFoundError: the dataset cannot be downloaded; the message says how to obtain it.
+        """
+        raise DatasetNotFoundError(f"dataset {self.name!r} cannot be downloaded by vlmbench")
 
 
 class DatasetNotFoundError(VlmbenchError, FileNotFoundError):
