@@ -108,18 +108,21 @@ class ZeroShotClassifier(torch.nn.Module):
         model: the loaded CLIP model.
         class_embeddings: unit class-text embeddings ``(C, D)`` (a buffer).
         logit_scale: the model's learned temperature, ``exp(logit_scale)`` (≤ 100 for CLIP).
+        templates: the prompt templates the class embeddings were built from (for defenses that
+            embed other prompts the same way, e.g. a blank template).
     """
 
-    def __init__(self, model: ClipModel, class_embeddings: torch.Tensor) -> None:
+    def __init__(self, model: ClipModel, class_embeddings: torch.Tensor, templates: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
+        self.templates = tuple(templates)
         self.clip = model.module  # a registered submodule, so .to(device) moves the weights
         self.register_buffer("class_embeddings", class_embeddings.float())
         self.logit_scale = model.logit_scale
 
     @classmethod
     def build(cls, model: ClipModel, classnames: Sequence[str], templates: Sequence[str]) -> ZeroShotClassifier:
-        return cls(model, class_text_embeddings(model, classnames, templates))
+        return cls(model, class_text_embeddings(model, classnames, templates), templates)
 
     @property
     def num_classes(self) -> int:

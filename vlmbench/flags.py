@@ -7,11 +7,15 @@ derived from the stored rows when results are shown.
 Per cell (:func:`cell_flags`, on the cell's first batch):
     ``forward-randomness``: two forward passes of the defended model on the same images disagree.
     ``zero-gradients``: some images have an exactly zero input gradient on the model the attack crafts on.
+    Plus any flags the defended module measures itself: a test-time defense's module may define
+    ``sanity_checks(x, y) -> list[str]`` (``name`` or ``name=value``, names from :data:`FLAGS`), e.g.
+    ``undefended-agreement`` and ``vanishing-gradients``.
 
 Across cells (:func:`result_flags`):
     ``robust-above-clean``: accuracy on adversarial images is higher than on clean ones.
     ``square-beats-whitebox``: the black-box Square attack is stronger than every white-box attack run.
-    ``eps-not-monotone``: robust accuracy rises as ε grows.
+    ``eps-not-monotone``: robust accuracy rises as ε grows (across cells, and in the quick per-cell
+    sweep of the runner, which stores it with the cell's flags).
     ``adaptive-weaker``: the adaptive attack leaves more accuracy than the oblivious one.
 """
 
@@ -24,6 +28,8 @@ import torch.nn.functional as F
 FLAGS: dict[str, str] = {
     "forward-randomness": "the defended model's forward pass is random: use EOT (adaptive track) and several seeds",
     "zero-gradients": "some inputs have an exactly zero gradient: gradient-based attacks may be masked",
+    "undefended-agreement": "the test-time defense predicts like the undefended model on clean images: robustness gains may be masking",
+    "vanishing-gradients": "the defense's exact input gradient is vanishingly small: gradient-based attacks may be masked",
     "robust-above-clean": "the attack raised accuracy above clean accuracy: the attack is not working",
     "square-beats-whitebox": "a black-box attack beat every white-box attack: gradients may be masked",
     "eps-not-monotone": "robust accuracy rose as ε grew: the attack is unreliable",
@@ -31,6 +37,8 @@ FLAGS: dict[str, str] = {
 }
 RANDOMNESS_TOLERANCE = 1e-4  # AutoAttack's tolerance on normalised logits
 SQUARE_MARGIN = 0.2  # percentage points; AutoAttack warns above this gap
+AGREEMENT_THRESHOLD = 0.99  # undefended-agreement: share of identical clean predictions
+VANISHING_RATIO = 1e-6  # vanishing-gradients: input-gradient norm relative to the undefended model's
 DOCS = "docs/flags.md"
 
 
@@ -48,6 +56,12 @@ def cell_flags(defended: torch.nn.Module, crafting: torch.nn.Module, x: torch.Te
     zero = torch.ones(len(x), dtype=torch.bool) if grad is None else (grad.flatten(1).abs().amax(dim=1) == 0).cpu()
     if zero.any():
         found.append(f"zero-gradients={float(zero.float().mean()):.2f}")
+    checks = getattr(defended, "sanity_checks", None)
+    if callable(checks):
+        for flag in checks(x.detach(), y):
+            if flag.partition("=")[0] not in FLAGS:
+                raise ValueError(f"sanity_checks returned unknown flag {flag!r}; known: {', '.join(FLAGS)}")
+            found.append(flag)
     return found
 
 
@@ -70,7 +84,7 @@ def result_flags(rows: pd.DataFrame) -> pd.DataFrame:
         where = cell._asdict()
         for stored in filter(None, cell.flags.split(";")):
             name, _, value = stored.partition("=")
-            add(name, f"fraction {value}" if value else "", where)
+            add(name, (f"fraction {value}" if value.replace(".", "", 1).isdigit() else value) if value else "", where)
         if cell.adv > cell.clean:
             add("robust-above-clean", f"adversarial {100 * cell.adv:.1f}% > clean {100 * cell.clean:.1f}%", where)
     group = ["model", "defense", "track", "norm", "eps_label", "dataset"]
