@@ -63,3 +63,35 @@ def fresh_registry():
     registry.reset()
     yield
     registry.reset()
+
+
+
+def _tiny_zero_shot_class() -> type:
+    from vlmbench.classifier import ZeroShotClassifier
+
+    class TinyZeroShot(ZeroShotClassifier):
+        """A zero-shot classifier with a linear image encoder, for hand-checked test-time defense cases.
+
+        ``encode_image(x) = x.flatten(1) @ encoder.T`` (identity by default); logits
+        ``scale · cos(f(x), t_c)`` over unit ``class_embeddings``, as the real classifier computes them.
+        """
+
+        def __init__(self, class_embeddings: torch.Tensor, encoder: torch.Tensor | None = None, scale: float = 10.0) -> None:
+            torch.nn.Module.__init__(self)
+            dim = class_embeddings.shape[1]
+            self.register_buffer("encoder", torch.eye(dim) if encoder is None else encoder)
+            self.register_buffer("class_embeddings", torch.nn.functional.normalize(class_embeddings, dim=1))
+            self.logit_scale = scale
+            self.templates = ()
+
+        def encode_image(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+            features = x.flatten(1) @ self.encoder.T
+            return torch.nn.functional.normalize(features, dim=-1) if normalize else features
+
+    return TinyZeroShot
+
+
+@pytest.fixture
+def tiny_zero_shot() -> type:
+    """The class ``TinyZeroShot(class_embeddings (C,D), encoder (D, 3·H·W) | None, scale)``."""
+    return _tiny_zero_shot_class()
