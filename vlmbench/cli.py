@@ -160,7 +160,8 @@ def print_report(rows: Any) -> None:
 
 def print_summary(summary: Any) -> None:
     """Print :func:`vlmbench.results.summarize` as one table per (model, defense, track, norm, ε):
-    a row per dataset (and the mean), the clean accuracy, and one robust-accuracy column per attack."""
+    a row per dataset (and the mean), the clean accuracy, and one robust-accuracy column per attack;
+    the caption gives the defended model's inference cost relative to the undefended one."""
     keys = ["model", "defense", "track", "norm", "eps_label"]
     for (model, defense, track, norm, eps), group in summary.groupby(keys, sort=False):
         title = f"{model} · defense {defense} · {track} · {norm} ε={eps} (robust %)"
@@ -181,6 +182,10 @@ def print_summary(summary: Any) -> None:
                 style="bold" if dataset == "mean" else None,
                 end_section=dataset == "mean",
             )
+        table.caption = (f"inference per image vs undefended: ×{group['cost_time_ratio'].mean():.1f} time, "
+                         f"{group['cost_forward'].mean():.1f} forward + {group['cost_backward'].mean():.1f} "
+                         "backward encoder passes (undefended: 1 + 0)")
+        table.caption_justify = "left"
         console.print(table)
 
 

@@ -69,6 +69,10 @@ SCHEMA = pa.schema(
         _field("forward_passes", pa.float64(), "model forward passes per image spent by the attack"),
         _field("backward_passes", pa.float64(), "model backward passes per image spent by the attack"),
         _field("flags", pa.string(), "sanity flags measured on the cell (';'-separated, see docs/flags.md)"),
+        _field("infer_time_s", pa.float64(), "seconds per image of one clean prediction by the defended model (cell's first batch)"),
+        _field("infer_time_s_undefended", pa.float64(), "the same for the classifier without test-time defenses"),
+        _field("infer_forward_passes", pa.float64(), "image-encoder forward passes per image of one defended prediction (undefended: 1)"),
+        _field("infer_backward_passes", pa.float64(), "image-encoder backward passes per image of one defended prediction (undefended: 0)"),
         _field("protocol", pa.string(), "the full protocol record as canonical JSON"),
     ]
 )
@@ -147,6 +151,7 @@ def load_results(path: Path) -> pd.DataFrame:
 
 GROUP = ["model", "defense", "attack", "track", "norm", "eps_label"]
 WORST = "worst"
+COST_SUMMARY = ["cost_time_ratio", "cost_forward", "cost_backward"]
 """Attack name of the per-sample worst case over the attacks of a group (AutoAttack's robust accuracy)."""
 
 
@@ -181,14 +186,20 @@ def summarize(rows: pd.DataFrame, with_worst_case: bool = True) -> pd.DataFrame:
     Columns: the ``GROUP`` keys, ``dataset``, ``n``, ``clean_acc`` and ``robust_acc`` (percent). The
     mean is the unweighted average over datasets (the literature's convention). With
     ``with_worst_case``, groups evaluated by several attacks also get the :func:`worst_case` rows.
+    Inference cost of the defended model relative to the undefended one: ``cost_time_ratio``
+    (seconds per image), ``cost_forward`` and ``cost_backward`` (image-encoder passes per image).
     """
     if with_worst_case:
         rows = pd.concat([rows, worst_case(rows)], ignore_index=True)
     per_cell = (
         rows.groupby([*GROUP, "eps", "dataset"], sort=False)
-        .agg(n=("robust", "size"), clean_acc=("clean_correct", "mean"), robust_acc=("robust", "mean"))
+        .agg(n=("robust", "size"), clean_acc=("clean_correct", "mean"), robust_acc=("robust", "mean"),
+             _time=("infer_time_s", "mean"), _time_undefended=("infer_time_s_undefended", "mean"),
+             cost_forward=("infer_forward_passes", "mean"), cost_backward=("infer_backward_passes", "mean"))
         .reset_index()
     )
+    per_cell.insert(per_cell.columns.get_loc("cost_forward"), "cost_time_ratio",
+                    per_cell.pop("_time") / per_cell.pop("_time_undefended"))
     per_cell[["clean_acc", "robust_acc"]] *= 100
     frames = []
     for _, group in per_cell.groupby([*GROUP, "eps"], sort=False):
@@ -199,5 +210,7 @@ def summarize(rows: pd.DataFrame, with_worst_case: bool = True) -> pd.DataFrame:
             mean["n"] = group["n"].sum()
             mean["clean_acc"] = group["clean_acc"].mean()
             mean["robust_acc"] = group["robust_acc"].mean()
+            for metric in COST_SUMMARY:
+                mean[metric] = group[metric].mean()
             frames.append(mean)
     return pd.concat(frames, ignore_index=True).drop(columns="eps")

@@ -37,6 +37,7 @@ from vlmbench.config import build_config
 from vlmbench.data import DatasetPlugin, ZeroShotDataset
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
+from vlmbench.cost import inference_cost
 from vlmbench.flags import cell_flags
 from vlmbench.models import ClipModel, ModelPlugin, resolve_model
 from vlmbench.protocol import DataSpec, PluginRef, Protocol, ThreatModel, indices_sha256
@@ -462,6 +463,8 @@ def _run_cell(
     staging = output / results.PARTIAL_DIR / cell_id
     batch_size = protocol.batch_size
     flags = _measure_cell_flags(cell, indices[:batch_size], batch_seed(protocol.seed, cell_id, -1))
+    cost = inference_cost(cell.defended, cell.classifier, _load_batch(cell, indices[:batch_size])[0],
+                          batch_seed(protocol.seed, cell_id, -2))
     started = time.perf_counter()
     frames, resumed = [], False
     for start in range(0, len(indices), batch_size):
@@ -471,6 +474,7 @@ def _run_cell(
         if frame is None:
             frame = _run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start))
             frame["flags"] = flags
+            frame = frame.assign(**cost)
             results.write_atomic(results.to_table(frame, {}), part)
         else:
             resumed = True
