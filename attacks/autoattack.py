@@ -10,7 +10,8 @@ name          sub-attacks, in order
               FAB-T (min(9, C−1) targets × 1), Square (1 restart)
 ``aa-plus``   ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square, APGD-T, FAB-T
 ``aa-rand``   ``rand``, for randomised defenses: APGD-CE and APGD-DLR, 1 restart, each gradient the
-              mean over 20 forward passes (EOT)
+              mean over ``--eot`` forward passes on the adaptive track of a random defense, else
+              AutoAttack's 20 (EOT)
 ``aa-tecoa``  the subset of TeCoA, TTC and TGA-ZSR: APGD-CE, APGD-DLR, 1 restart each (``standard``
               settings with the attack list replaced, as in their ``attack_auto``)
 ``aa-fare``   the subset of FARE and CLIPure: APGD-CE with 5 restarts (pyautoattack's ``custom``
@@ -246,11 +247,21 @@ class AutoAttackPlus(AutoAttackAdapter):
 
 
 class AutoAttackRand(AutoAttackAdapter):
-    """AutoAttack ``rand``, for randomised defenses: APGD-CE and APGD-DLR with EOT over 20 forward passes."""
+    """AutoAttack ``rand``, for randomised defenses: APGD-CE and APGD-DLR, each gradient averaged over
+    forward passes (EOT): the run's EOT draws on the adaptive track of a random defense (``--eot``),
+    otherwise AutoAttack's own 20."""
 
     name: ClassVar[str] = "aa-rand"
-    description: ClassVar[str] = "AutoAttack rand, for randomised defenses: APGD-CE, APGD-DLR, EOT over 20 passes"
+    description: ClassVar[str] = "AutoAttack rand, for randomised defenses: APGD-CE, APGD-DLR, EOT (--eot draws, else 20)"
     aa_version: ClassVar[str] = "rand"
+    honours: ClassVar[frozenset[str]] = frozenset({"eot"})
+
+    def configure(self, model: Model | None, num_classes: int | None, seed: int | None,
+                  device: torch.device | str) -> AutoAttack:
+        aa = super().configure(model, num_classes, seed, device)
+        if self.eot_draws > 1:
+            aa.apgd.eot_iter = aa.apgd_targeted.eot_iter = self.eot_draws
+        return aa
 
 
 class AutoAttackTeCoA(AutoAttackAdapter):

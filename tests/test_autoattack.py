@@ -176,8 +176,9 @@ def test_restarts_are_honoured_by_single_apgd_attacks_only():
     for name in ("apgd-ce", "apgd-dlr", "apgd-t"):
         assert plugins().attacks.get(name).honours == frozenset({"restarts"})
         assert {a["n_restarts"] for a in make(name, restarts=3).params(10)["attacks"]} == {3}
-    for name in ("aa", "aa-plus", "aa-rand", "aa-tecoa", "aa-fare", "fab-t", "square"):
+    for name in ("aa", "aa-plus", "aa-tecoa", "aa-fare", "fab-t", "square"):
         assert plugins().attacks.get(name).honours == frozenset()
+    assert plugins().attacks.get("aa-rand").honours == frozenset({"eot"})  # its EOT draws follow --eot
     fare = make("aa-fare", restarts=3).params(10)["attacks"]
     assert [(a["attack"], a["n_restarts"]) for a in fare] == [("apgd-ce", 5), ("apgd-t", 1)]
     assert {a["eot_iter"] for a in make("aa-rand").params(10)["attacks"]} == {20}

@@ -68,26 +68,33 @@ def run(
     model: Annotated[list[str] | None, typer.Option(help="Model: registered name, ARCH:TAG, ARCH:/ckpt, hf-hub:ID, local-dir:PATH.")] = None,
     defense: Annotated[list[str] | None, typer.Option(help="Defense name, or a composition a+b.")] = None,
     attack: Annotated[list[str] | None, typer.Option(help="Attack NAME or NAME-STEPS (pgd-10, cw-100, none).")] = None,
-    dataset: Annotated[list[str] | None, typer.Option(help="Dataset names or glob patterns (default: world-*).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Dataset names or glob patterns (default: world-*, or all of --protocol's).")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Protocol preset: tecoa16, ttc16, fare13, coop, all22, world (fixes datasets, splits, samples, templates, resolution).")] = None,
     eps: Annotated[list[str] | None, typer.Option(help="Radius: 1/255 or a float (default: 1/255).")] = None,
     norm: Annotated[str, typer.Option(help="Threat model norm: linf or l2.")] = "linf",
     step_size: Annotated[str | None, typer.Option(help="Attack step size (default: see docs/protocol.md).")] = None,
     restarts: Annotated[int, typer.Option(help="Random restarts per attack.")] = 1,
     random_start: Annotated[bool, typer.Option(help="Start attacks at a random point of the ball.")] = True,
     samples: Annotated[int | None, typer.Option(help="Images per dataset (default: the whole split).")] = None,
-    selection: Annotated[str, typer.Option(help="first or random (seeded) sample selection.")] = "first",
+    selection: Annotated[str, typer.Option(help="first, random (seeded) or balanced (seeded, class-balanced) sample selection.")] = "first",
     split: Annotated[str | None, typer.Option(help="Dataset split (default: the dataset's evaluation split).")] = None,
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
     data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download missing datasets where their own loader can.")] = False,
     output: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     attack_param: Annotated[list[str] | None, typer.Option(help="Attack parameter key=value (repeatable).")] = None,
     defense_param: Annotated[list[str] | None, typer.Option(help="Defense parameter key=value (repeatable).")] = None,
     track: Annotated[str | None, typer.Option(help="oblivious, adaptive or both (default: both for test-time defenses).")] = None,
     eot: Annotated[int | None, typer.Option(help="EOT draws per gradient on the adaptive track (default: 10 if the defense is random).")] = None,
     source_model: Annotated[str | None, typer.Option(help="Craft the attacks on this model instead (transfer track).")] = None,
+    source_defense: Annotated[str | None, typer.Option(help="Defend the transfer source with this defense.")] = None,
+    target: Annotated[str | None, typer.Option(help="Targeted attack: random, least-likely, a class index or name.")] = None,
+    superclasses: Annotated[str | None, typer.Option(help="Attack the superclass label space: a map the dataset offers (world-combo: shape, colour) or a JSON file.")] = None,
+    cascade: Annotated[bool, typer.Option(help="Run each later attack only on the images every earlier one left robust (recorded).")] = False,
+    eps_sweep: Annotated[bool, typer.Option(help="Quick ε sweep per cell (2ε, 4ε on 16 images) for the eps-not-monotone flag.")] = True,
     plugin: PluginOption = None,
 ) -> None:
     """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
@@ -104,7 +111,7 @@ def run(
         models=_split(model) or defaults.models,
         defenses=_split(defense) or defaults.defenses,
         attacks=_split(attack) or defaults.attacks,
-        datasets=_split(dataset) or defaults.datasets,
+        datasets=_split(dataset) or (("*",) if protocol else defaults.datasets),
         eps=_split(eps) or defaults.eps,
         norm=norm,
         step_size=step_size,
@@ -117,12 +124,19 @@ def run(
         split=split,
         device=device,
         data_root=data_root,
+        download=download,
+        protocol=protocol,
         output=output,
         attack_params=tuple(attack_param or ()),
         defense_params=tuple(defense_param or ()),
         track=track,
         eot_draws=eot,
         source_model=source_model,
+        source_defense=source_defense,
+        target=target,
+        superclasses=superclasses,
+        cascade=cascade,
+        eps_sweep=eps_sweep,
     )
     the_plan = plan(request)
     with Progress(
@@ -140,7 +154,10 @@ def run(
             desc = f"{protocol.data.dataset} · {protocol.model.name} · {protocol.defense.name} · {protocol.attack.name} ε={protocol.threat.eps_label}"
             progress.update(task, description=desc)
 
-        outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k))
+        from vlmbench.finetune import reporting
+
+        with reporting(_training_progress(progress)):  # fine-tuning of training-time defenses
+            outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k))
         progress.update(task, description="done")
     print_report(pd.concat([o.rows for o in outcomes], ignore_index=True))
     cached = sum(o.status == "cached" for o in outcomes)
@@ -170,15 +187,32 @@ def print_summary(summary: Any) -> None:
         table.add_column("n", justify="right")
         table.add_column("clean %", justify="right")
         attacks = list(dict.fromkeys(group["attack"]))
+        # extra columns where cells measured them: target hits, superclass accuracy (vlmbench.targets)
+        extras = [(f"{attack} {title}", attack, metric) for attack in attacks
+                  for metric, title in (("target_success", "hit %"), ("super_robust_acc", "super %"))
+                  if group.loc[group["attack"] == attack, metric].notna().any()]
+        super_clean = group["super_clean_acc"].notna().any()
         for attack in attacks:
             table.add_column(attack, justify="right", overflow="fold")
+        if super_clean:
+            table.add_column("clean super %", justify="right")
+        for column, _, _ in extras:
+            table.add_column(column, justify="right", overflow="fold")
         for dataset, rows in group.groupby("dataset", sort=False):
-            robust = {r.attack: f"{r.robust_acc:.1f}" for r in rows.itertuples()}
+            by_attack = {r.attack: r for r in rows.itertuples()}
+
+            def cell(attack: str, metric: str) -> str:
+                row = by_attack.get(attack)
+                value = getattr(row, metric) if row is not None else float("nan")
+                return "" if value != value else f"{value:.1f}"
+
             table.add_row(
                 dataset,
                 str(int(rows["n"].iloc[0])),
                 f"{rows['clean_acc'].mean():.1f}",
-                *[robust.get(attack, "") for attack in attacks],
+                *[cell(attack, "robust_acc") for attack in attacks],
+                *([f"{rows['super_clean_acc'].mean():.1f}"] if super_clean else []),
+                *[cell(attack, metric) for _, attack, metric in extras],
                 style="bold" if dataset == "mean" else None,
                 end_section=dataset == "mean",
             )
@@ -239,6 +273,58 @@ def list_plugins(
                 extra = [", ".join(value.norms)]
             table.add_row(plugin_name, value.description, *extra)
         console.print(table)
+
+
+def _training_progress(progress: Progress) -> Callable[[str, str, int, int], None]:
+    """A fine-tuning progress callback that shows each training run as its own bar (loss, ETA)."""
+    tasks: dict[str, Any] = {}
+
+    def report(key: str, description: str, done: int, total: int) -> None:
+        if key not in tasks:
+            tasks[key] = progress.add_task(description, total=total, completed=done)
+        progress.update(tasks[key], description=description, completed=done)
+
+    return report
+
+
+@app.command()
+@user_errors
+def train(
+    defense: Annotated[str, typer.Option(help="Training-time defense: tecoa, pmg_aft, fare, tga_zsr, hpt_gpd, ...")],
+    model: Annotated[str, typer.Option(help="Model to fine-tune (registered name, ARCH:TAG, local-dir:PATH, ...).")] = "world-vit",
+    defense_param: Annotated[list[str] | None, typer.Option(help="Defense parameter key=value (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed (as in vlmbench run).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
+    data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of training data (tiny-imagenet-200/, imagenet/).")] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Fine-tune a model with a training-time defense, or find it in the cache; `vlmbench run --defense` reuses it."""
+    import torch
+
+    from vlmbench.classifier import cache_dir
+    from vlmbench.config import build_config
+    from vlmbench.defense import DefenseContext
+    from vlmbench.finetune import CURVE_FILE, reporting
+    from vlmbench.models import resolve_model
+    from vlmbench.registry import plugins
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    _load_plugin_sources(plugin)
+    cls = plugins().defenses.get(defense)
+    if not cls.is_training_time():
+        raise VlmbenchError(f"defense {defense!r} has no training-time part ({cls.kind()}); nothing to train")
+    instance = cls(build_config(cls.Config, defense_param or [], f"defense {defense!r}"))
+    target = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    original = resolve_model(model).load(target)
+    context = DefenseContext(cache_dir() / "defenses", target, seed, data_root, original)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err_console) as progress, reporting(_training_progress(progress)):
+        adapted = instance.adapt_model(original, context)
+    folder = getattr(instance, "checkpoint", None)
+    where = f" → {folder} ({CURVE_FILE} beside the weights)" if folder is not None else ""
+    console.print(f"{defense} on {model}: weights fingerprint {original.fingerprint} → {adapted.fingerprint}{where}", highlight=False)
 
 
 @results_app.command("show")

@@ -158,9 +158,15 @@ class DataSpec:
         n_samples: how many images were evaluated.
         indices_sha256: SHA-256 of the chosen indices (as comma-separated decimal text, in order);
             the indices themselves are in every row's ``sample_index`` column.
-        selection: how the indices were chosen (``"first"``, ``"random"``: seeded permutation).
+        selection: how the indices were chosen (``"first"``, ``"random"``: seeded permutation,
+            ``"balanced"``: seeded, class-balanced; ``"all"``: the whole split).
         resolution: where resizing happens: ``"native"`` means the attack acts on the dataset's
-            native pixels and the model resizes inside its forward (``"native→224 bicubic"``).
+            native pixels and the model resizes inside its forward (``"native→224 bicubic"``);
+            otherwise the load-time or pre-attack resize comes first (``ZeroShotDataset.pixels``).
+        preset: the protocol preset (``--protocol``) that chose dataset, split, samples, templates
+            and resolution, else None.
+        templates: the prompt-template set (``vlmbench.datasets.text``), or None for the dataset
+            plugin's own class names and prompts.
     """
 
     dataset: str
@@ -169,6 +175,8 @@ class DataSpec:
     indices_sha256: str
     selection: str
     resolution: str
+    preset: str | None = None
+    templates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,14 @@ class Protocol:
         defense_loss: the adaptive attack added the defense's own objective to its loss
             (:mod:`vlmbench.adaptive`); False on other tracks, for defenses without one, and for
             attacks that cannot use one.
-        source: the model the attack was crafted on (transfer track), else None.
+        source: the model the attack was crafted on (transfer track), with the defense it carried
+            (``params.defense``), else None.
+        target: ``untargeted``, ``random``, ``least-likely`` or ``label:K`` (:mod:`vlmbench.targets`).
+        superclasses: the superclass map the attack was crafted against (name, superclass names,
+            class → superclass assignment, hash), else None.
+        cascade_after: attacks (same ε and track) whose still-robust samples alone this attack
+            attacked; the others keep the earlier attack's outcome (AutoAttack's early stop). Empty
+            when every sample was attacked.
         versions: versions of the packages the numbers depend on (vlmbench, torch, open_clip, ...).
     """
 
@@ -222,6 +237,9 @@ class Protocol:
     eot_draws: int = 1
     defense_loss: bool = False
     source: PluginRef | None = None
+    target: str = "untargeted"
+    superclasses: dict[str, Any] | None = None
+    cascade_after: tuple[str, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
 
     def __hash__(self) -> int:
@@ -243,7 +261,8 @@ class Protocol:
             threat=ThreatModel(**raw["threat"]),
             data=DataSpec(**raw["data"]),
             source=PluginRef(**raw["source"]) if raw.get("source") else None,
-            **{f.name: raw[f.name] for f in fields(cls) if f.name not in {"model", "defense", "attack", "threat", "data", "source"}},
+            cascade_after=tuple(raw.get("cascade_after", ())),
+            **{f.name: raw[f.name] for f in fields(cls) if f.name not in {"model", "defense", "attack", "threat", "data", "source", "cascade_after"}},
         )
 
     def cell_hash(self) -> str:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from vlmbench.errors import VlmbenchError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SCHEMA_KEY = b"vlmbench.schema_version"
 RUN_KEY = b"vlmbench.run"
 PARTIAL_DIR = ".partial"
@@ -73,6 +73,15 @@ SCHEMA = pa.schema(
         _field("infer_time_s_undefended", pa.float64(), "the same for the classifier without test-time defenses"),
         _field("infer_forward_passes", pa.float64(), "image-encoder forward passes per image of one defended prediction (undefended: 1)"),
         _field("infer_backward_passes", pa.float64(), "image-encoder backward passes per image of one defended prediction (undefended: 0)"),
+        _field("defense_loss", pa.bool_(), "the adaptive attack added the defense's own objective to its loss"),
+        _field("target_mode", pa.string(), "untargeted, random, least-likely or label:K"),
+        _field("target", pa.int64(), "class the targeted attack aimed at (-1: untargeted or not attacked)"),
+        _field("attacked", pa.bool_(), "the attack ran on this image (false: broken by an earlier attack of the cascade, or its label is the target)"),
+        _field("cascade_after", pa.string(), "earlier attacks whose still-robust images alone were attacked (','-separated; empty: all)"),
+        _field("superclasses", pa.string(), "superclass map the attack was crafted against (empty: the classes themselves)"),
+        _field("superclass_label", pa.int64(), "true superclass (-1 without a superclass map)"),
+        _field("clean_superclass_pred", pa.int64(), "superclass of clean_pred (-1 without a superclass map)"),
+        _field("adv_superclass_pred", pa.int64(), "superclass of adv_pred (-1 without a superclass map)"),
         _field("protocol", pa.string(), "the full protocol record as canonical JSON"),
     ]
 )
@@ -161,8 +170,8 @@ def worst_case(rows: pd.DataFrame) -> pd.DataFrame:
 
     A sample is robust when it is robust under every attack (AutoAttack's definition of robust
     accuracy). Only samples evaluated by all of the group's attacks count; the rows keep the columns
-    of the first attack's rows, with ``attack`` = ``worst`` and ``adv_correct``/``robust``
-    replaced.
+    of the first attack's rows, with ``attack`` = ``worst``, ``adv_correct``/``robust`` replaced, and
+    no target or superclass (the worst case is over leaf labels).
     """
     key = ["model", "defense", "track", "norm", "eps_label", "dataset", "seed"]
     frames = []
@@ -176,31 +185,61 @@ def worst_case(rows: pd.DataFrame) -> pd.DataFrame:
         base["attack"] = WORST
         base["robust"] = robust.to_numpy()
         base["adv_correct"] = base["robust"]
+        # the worst case is over leaf labels, whatever each attack aimed at
+        base[["target_mode", "superclasses", "cascade_after"]] = ["untargeted", "", ""]
+        base[["target", "superclass_label"]] = -1
         frames.append(base)
     return pd.concat(frames, ignore_index=True) if frames else rows.iloc[:0]
+
+
+def attack_labels(rows: pd.DataFrame) -> pd.Series:
+    """The attack as summaries name it: ``pgd-10``, plus ``→random`` (target mode), ``⊂shape``
+    (superclass map) or ``after pgd-10`` (cascade) when the cell was run that way."""
+    label = rows["attack"].astype(str)
+    targeted = rows["target_mode"] != "untargeted"
+    label = label.where(~targeted, label + " →" + rows["target_mode"].astype(str))
+    coarse = rows["superclasses"] != ""
+    label = label.where(~coarse, label + " ⊂" + rows["superclasses"].astype(str))
+    cascade = rows["cascade_after"] != ""
+    return label.where(~cascade, label + " after " + rows["cascade_after"].astype(str))
 
 
 def summarize(rows: pd.DataFrame, with_worst_case: bool = True) -> pd.DataFrame:
     """Accuracy per cell, plus a ``mean`` row per (model, defense, attack, track, norm, ε).
 
-    Columns: the ``GROUP`` keys, ``dataset``, ``n``, ``clean_acc`` and ``robust_acc`` (percent). The
-    mean is the unweighted average over datasets (the literature's convention). With
+    Columns: the ``GROUP`` keys (``attack`` as :func:`attack_labels` names it), ``dataset``, ``n``,
+    ``clean_acc`` and ``robust_acc`` (percent); ``target_success`` (percent of attacked images
+    classified as their target; NaN for untargeted cells); ``super_clean_acc`` and
+    ``super_robust_acc`` (superclass accuracy clean, and clean and attacked; NaN without a superclass
+    map). The mean is the unweighted average over datasets (the literature's convention). With
     ``with_worst_case``, groups evaluated by several attacks also get the :func:`worst_case` rows.
     Inference cost of the defended model relative to the undefended one: ``cost_time_ratio``
     (seconds per image), ``cost_forward`` and ``cost_backward`` (image-encoder passes per image).
     """
     if with_worst_case:
         rows = pd.concat([rows, worst_case(rows)], ignore_index=True)
+    rows = rows.assign(attack=attack_labels(rows))
+    aimed = rows["attacked"] & (rows["target"] >= 0)
+    coarse = rows["superclass_label"] >= 0
+    super_clean = rows["clean_superclass_pred"] == rows["superclass_label"]
+    rows = rows.assign(
+        _hit=(rows["adv_pred"] == rows["target"]).where(aimed),
+        _super_clean=super_clean.where(coarse),
+        _super_robust=(super_clean & (rows["adv_superclass_pred"] == rows["superclass_label"])).where(coarse),
+    )
     per_cell = (
         rows.groupby([*GROUP, "eps", "dataset"], sort=False)
         .agg(n=("robust", "size"), clean_acc=("clean_correct", "mean"), robust_acc=("robust", "mean"),
-             _time=("infer_time_s", "mean"), _time_undefended=("infer_time_s_undefended", "mean"),
-             cost_forward=("infer_forward_passes", "mean"), cost_backward=("infer_backward_passes", "mean"))
+             target_success=("_hit", "mean"), super_clean_acc=("_super_clean", "mean"),
+             super_robust_acc=("_super_robust", "mean"), _time=("infer_time_s", "mean"),
+             _time_undefended=("infer_time_s_undefended", "mean"), cost_forward=("infer_forward_passes", "mean"),
+             cost_backward=("infer_backward_passes", "mean"))
         .reset_index()
     )
     per_cell.insert(per_cell.columns.get_loc("cost_forward"), "cost_time_ratio",
                     per_cell.pop("_time") / per_cell.pop("_time_undefended"))
-    per_cell[["clean_acc", "robust_acc"]] *= 100
+    metrics = ["clean_acc", "robust_acc", "target_success", "super_clean_acc", "super_robust_acc"]
+    per_cell[metrics] = per_cell[metrics].astype(float) * 100
     frames = []
     for _, group in per_cell.groupby([*GROUP, "eps"], sort=False):
         frames.append(group)
@@ -208,9 +247,7 @@ def summarize(rows: pd.DataFrame, with_worst_case: bool = True) -> pd.DataFrame:
             mean = group.iloc[:1].copy()
             mean["dataset"] = "mean"
             mean["n"] = group["n"].sum()
-            mean["clean_acc"] = group["clean_acc"].mean()
-            mean["robust_acc"] = group["robust_acc"].mean()
-            for metric in COST_SUMMARY:
+            for metric in [*metrics, *COST_SUMMARY]:
                 mean[metric] = group[metric].mean()
             frames.append(mean)
     return pd.concat(frames, ignore_index=True).drop(columns="eps")

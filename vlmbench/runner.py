@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,11 @@ from vlmbench.errors import VlmbenchError
 from vlmbench.cost import inference_cost
 from vlmbench.flags import cell_flags
 from vlmbench.models import ClipModel, ModelPlugin, resolve_model
+from vlmbench.datasets.text import with_templates
+from vlmbench.presets import SELECTIONS, PresetDataset, Resized, balanced_indices, dataset_labels, get_preset
 from vlmbench.protocol import DataSpec, PluginRef, Protocol, ThreatModel, indices_sha256
 from vlmbench.registry import PluginError, plugins, unknown_name_message
+from vlmbench.targets import NO_TARGET, UNTARGETED, SuperclassLogits, SuperclassMap, choose_targets, parse_target, resolve_superclasses
 
 VERSIONED_PACKAGES = ("vlmbench", "torch", "torchvision", "open_clip_torch", "pyautoattack", "numpy")
 
@@ -62,12 +65,16 @@ class RunRequest:
         restarts: random restarts per attack.
         random_start: start attacks at a random point of the ball.
         n_samples: images per dataset (None: the whole split).
-        selection: ``first`` (indices 0..n-1) or ``random`` (a seeded sample, kept in index order).
+        selection: ``first`` (indices 0..n-1), ``random`` (a seeded sample, kept in index order) or
+            ``balanced`` (seeded, class-balanced).
         seed: base seed.
         batch_size: images per batch.
         split: dataset split (None: each dataset's default).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: root of real datasets.
+        download: fetch missing datasets whose own loader can download them (never otherwise).
+        protocol: a protocol preset (:mod:`vlmbench.presets`): it fixes datasets (``datasets``
+            then filters them), splits, sample counts, selection, templates and resolution.
         output: results folder.
         attack_params, defense_params: ``key=value`` plugin parameters (``NAME.key=value`` when
             several plugins are given).
@@ -76,6 +83,15 @@ class RunRequest:
         eot_draws: EOT draws on the adaptive track of a stochastic defense (None: 10); always 1 for a
             deterministic one.
         source_model: craft every attack on this model instead (transfer track; replaces ``track``).
+        source_defense: defend the source model with this defense (training-time weights and
+            test-time wrappers) before crafting on it.
+        target: ``random``, ``least-likely``, a class index or name (targeted attacks), or None.
+        superclasses: craft against the superclass label space of this mapping (a name the dataset
+            offers, or a JSON file; :mod:`vlmbench.targets`), or None.
+        cascade: attack with each later attack only the samples every earlier attack of the request
+            (same ε, track, dataset) left robust, as AutoAttack does; recorded as ``cascade_after``.
+        eps_sweep: measure the per-cell ``eps-not-monotone`` flag with a quick sweep (the cell's
+            attack at 2ε and 4ε on the first images).
     """
 
     models: tuple[str, ...] = ("world-vit",)
@@ -100,6 +116,13 @@ class RunRequest:
     track: str | None = None
     eot_draws: int | None = None
     source_model: str | None = None
+    source_defense: str | None = None
+    download: bool = False
+    protocol: str | None = None
+    target: str | None = None
+    superclasses: str | None = None
+    cascade: bool = False
+    eps_sweep: bool = True
 
 
 TRACKS = ("oblivious", "adaptive", "both")
@@ -126,6 +149,16 @@ class DefenseChoice:
     eot_draws: int  # on the adaptive track
 
 
+@dataclass(frozen=True)
+class DataChoice:
+    """How one dataset's images and prompts were chosen (recorded in ``DataSpec``)."""
+
+    selection: str
+    preset: str | None = None
+    templates: str | None = None
+    resize_before_attack: bool = False
+
+
 @dataclass
 class Plan:
     """A validated request: resolved plugins and the cells to run, in execution order."""
@@ -137,6 +170,9 @@ class Plan:
     attacks: list[AttackChoice]  # one per (attack, ε)
     device: torch.device
     source: ModelPlugin | None = None  # transfer attacks are crafted on this model
+    source_defense: DefenseChoice | None = None  # ... defended by this
+    label_spaces: dict[str, tuple[str, SuperclassMap | None]] = field(default_factory=dict)  # per dataset
+    data_choices: dict[str, DataChoice] = field(default_factory=dict)  # per dataset: how its data was chosen
 
     @property
     def n_cells(self) -> int:
@@ -165,8 +201,8 @@ def plan(request: RunRequest) -> Plan:
         raise RunError(f"bad batch size {request.batch_size}: must be ≥ 1")
     if request.n_samples is not None and request.n_samples < 1:
         raise RunError(f"bad number of samples {request.n_samples}: must be ≥ 1")
-    if request.selection not in ("first", "random"):
-        raise RunError(f"bad selection {request.selection!r}: use first or random")
+    if request.selection not in SELECTIONS:
+        raise RunError(f"bad selection {request.selection!r}: use first, random or balanced")
     if request.track is not None and request.track not in TRACKS:
         raise RunError(f"bad track {request.track!r}: use oblivious, adaptive or both")
     if request.eot_draws is not None and request.eot_draws < 1:
@@ -175,14 +211,24 @@ def plan(request: RunRequest) -> Plan:
         raise RunError(f"output {request.output} exists and is not a folder")
     models = [resolve_model(spec) for spec in request.models]
     defenses = [_resolve_defense(spec, request) for spec in request.defenses]
-    datasets = []
-    for name in _expand_datasets(request.datasets):
-        plugin: DatasetPlugin = registry.datasets.get(name)
-        if request.split is not None and request.split not in plugin.splits:
-            raise RunError(f"dataset {name!r} has no split {request.split!r}; its splits: {', '.join(plugin.splits)}")
-        dataset = plugin.load(request.data_root, request.split)
-        indices = select_indices(len(dataset), request.n_samples, request.selection, request.seed)
+    datasets, data_choices = [], {}
+    for entry, choice in _dataset_entries(request):
+        plugin: DatasetPlugin = registry.datasets.get(entry.name)
+        if entry.split is not None and entry.split not in plugin.splits:
+            raise RunError(f"dataset {entry.name!r} has no split {entry.split!r}; its splits: {', '.join(plugin.splits)}")
+        if request.download and plugin.status(request.data_root) == "missing":
+            if request.data_root is None:
+                raise RunError("--download needs --data-root (or VLMBENCH_DATA_ROOT): where to put the files")
+            plugin.download(request.data_root)
+        dataset = plugin.load(request.data_root, entry.split)
+        if choice.templates is not None:
+            dataset = with_templates(dataset, choice.templates)
+        if choice.resize_before_attack:
+            dataset = Resized(dataset, 224)
+        labels = dataset_labels(dataset) if choice.selection == "balanced" and entry.n_samples is not None else None
+        indices = select_indices(len(dataset), entry.n_samples, choice.selection, request.seed, labels)
         datasets.append((plugin, dataset, indices))
+        data_choices[entry.name] = choice
     attack_names = [parse_attack_name(spec, registry.attacks.names())[0] for spec in request.attacks]
     attacks = [
         _resolve_attack(spec, eps, request, attack_names) for spec in request.attacks for eps in request.eps
@@ -192,8 +238,32 @@ def plan(request: RunRequest) -> Plan:
             if "adaptive" in defense.tracks and defense.eot_draws > 1 and "eot" not in attack.cls.honours:
                 raise RunError(f"attack {attack.spec!r} cannot average over the randomness of {defense.spec!r} (EOT); "
                                "use an attack that supports EOT or --eot 1")
+    if request.source_defense is not None and request.source_model is None:
+        raise RunError("--source-defense needs --source-model (the model it defends)")
     source = resolve_model(request.source_model) if request.source_model else None
-    return Plan(request, models, defenses, datasets, attacks, _device(request.device), source)
+    source_defense = None
+    if request.source_defense is not None:  # the source's defense runs with its defaults
+        source_defense = _resolve_defense(request.source_defense, replace(request, defense_params=(), track="oblivious"))
+    label_spaces = {plugin.name: _label_space(request, dataset, attacks) for plugin, dataset, _ in datasets}
+    return Plan(request, models, defenses, datasets, attacks, _device(request.device), source, source_defense,
+                label_spaces, data_choices)
+
+
+def _label_space(request: RunRequest, dataset: ZeroShotDataset, attacks: list[AttackChoice]) -> tuple[str, SuperclassMap | None]:
+    """The target mode and superclass map of ``dataset``'s cells, validated against the attacks."""
+    target = parse_target(request.target, dataset.classnames)
+    if target != UNTARGETED:
+        if request.superclasses is not None:
+            raise RunError("targeted superclass attacks are not supported: use --target or --superclasses")
+        refusing = sorted({a.spec for a in attacks if "targeted" not in a.cls.honours and a.cls.name != "none"})
+        if refusing:
+            raise RunError(f"attack {refusing[0]!r} has no targeted mode; targeted attacks: "
+                           + ", ".join(n for n, c, _ in plugins().attacks.items() if c is not None and "targeted" in c.honours))
+    superclasses = None
+    if request.superclasses is not None:
+        superclasses = resolve_superclasses(request.superclasses, getattr(dataset, "superclass_maps", {}),
+                                            dataset.classnames, dataset.name)
+    return target, superclasses
 
 
 def _device(spec: str) -> torch.device:
@@ -285,12 +355,37 @@ def _assignments_for(name: str, names: list[str], assignments: tuple[str, ...], 
     return mine
 
 
-def select_indices(total: int, n_samples: int | None, selection: str, seed: int) -> list[int]:
-    """The evaluated indices: the first ``n``, or a seeded random ``n`` in increasing order."""
+def _dataset_entries(request: RunRequest) -> list[tuple[PresetDataset, DataChoice]]:
+    """The datasets of the request, each with its split and sample count and how they were chosen:
+    from ``--protocol`` (``datasets`` patterns then filter the preset's list), or from the options."""
+    if request.protocol is None:
+        choice = DataChoice(request.selection)
+        return [(PresetDataset(name, request.split, request.n_samples), choice) for name in _expand_datasets(request.datasets)]
+    preset = get_preset(request.protocol)
+    fixed = {"--samples": request.n_samples is not None, "--split": request.split is not None,
+             "--selection": request.selection != "first"}
+    clashing = [option for option, given in fixed.items() if given]
+    if clashing:
+        raise RunError(f"--protocol {preset.name} fixes {', '.join(clashing)}; leave them out or run without --protocol")
+    wanted = set(_expand_datasets(request.datasets))
+    entries = [entry for entry in preset.datasets if entry.name in wanted]
+    if not entries:
+        raise RunError(f"--dataset selects none of preset {preset.name!r}'s datasets: {', '.join(e.name for e in preset.datasets)}")
+    choice = DataChoice(preset.selection, preset.name, preset.templates, preset.resolution == "224-before-attack")
+    return [(entry, choice) for entry in entries]
+
+
+def select_indices(total: int, n_samples: int | None, selection: str, seed: int, labels: list[int] | None = None) -> list[int]:
+    """The evaluated indices: the first ``n``, a seeded random ``n``, or a seeded class-balanced ``n``
+    (needs ``labels``), always in increasing order."""
     if n_samples is None or n_samples >= total:
         return list(range(total))
     if selection == "first":
         return list(range(n_samples))
+    if selection == "balanced":
+        if labels is None:
+            raise RunError("balanced selection needs the dataset's labels")
+        return balanced_indices(labels, n_samples, seed)
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(total, size=n_samples, replace=False))
 
@@ -385,7 +480,7 @@ def execute(
     outcomes: list[CellOutcome] = []
     meta = run_metadata(device)
     versions = meta["versions"]
-    source = plan_.source.load(device) if plan_.source else None
+    source, source_context, source_wrappers = _defended_source(plan_)
     for model_plugin in plan_.models:
         original = model_plugin.load(device)
         for defense in plan_.defenses:
@@ -394,10 +489,16 @@ def execute(
             for part in defense.parts:
                 model = part.adapt_model(model, context)
             for dataset_plugin, dataset, indices in plan_.datasets:
+                data_choice = plan_.data_choices.get(dataset_plugin.name, DataChoice(request.selection))
                 classifier = ZeroShotClassifier.build(model, dataset.classnames, dataset.templates).to(device)
-                source_classifier = (
-                    ZeroShotClassifier.build(source, dataset.classnames, dataset.templates).to(device) if source else None
-                )
+                source_classifier = None
+                if source is not None:
+                    source_classifier = ZeroShotClassifier.build(source, dataset.classnames, dataset.templates).to(device)
+                    for part in source_wrappers:
+                        source_classifier = part.wrap(source_classifier, source_context)  # type: ignore[arg-type]
+                target_mode, superclasses = plan_.label_spaces[dataset_plugin.name]
+                broken: dict[tuple[str, str], dict[int, int]] = {}  # cascade: (track, ε) → {index: adv_pred}
+                earlier: dict[tuple[str, str], list[str]] = {}  # cascade: attacks already run at (track, ε)
                 defended: torch.nn.Module = classifier
                 for part in defense.parts:
                     defended = part.wrap(defended, context)  # type: ignore[arg-type]
@@ -406,32 +507,67 @@ def execute(
                     split=dataset.split,
                     n_samples=len(indices),
                     indices_sha256=indices_sha256(indices),
-                    selection=request.selection if len(indices) < len(dataset) else "all",
-                    resolution=f"native, resized inside the model ({model.preprocess.describe()})",
+                    selection=data_choice.selection if len(indices) < len(dataset) else "all",
+                    resolution=f"{dataset.pixels}, resized inside the model ({model.preprocess.describe()})",
+                    preset=data_choice.preset,
+                    templates=data_choice.templates,
                 )
                 for attack, track in ((a, t) for a in plan_.attacks for t in defense.tracks):
+                    eot = defense.eot_draws if track == "adaptive" else 1
+                    stage = (track, attack.threat.eps_label)
+                    cascade_after = tuple(earlier.get(stage, ())) if request.cascade else ()
                     protocol = Protocol(
                         model=PluginRef(model_plugin.name, original.fingerprint),
                         defense=PluginRef(defense.spec, "+".join(p.version for p in defense.parts),
                                           {p.name: p.params() for p in defense.parts}),
                         attack=PluginRef(attack.spec, attack.cls.version,
-                                         attack.build().params(dataset.num_classes)),
+                                         attack.build(eot).params(dataset.num_classes)),
                         threat=attack.threat,
                         data=data_spec,
                         seed=request.seed,
                         batch_size=request.batch_size,
                         track=track,  # type: ignore[arg-type]
-                        eot_draws=defense.eot_draws if track == "adaptive" else 1,
+                        eot_draws=eot,
                         defense_loss=(track == "adaptive" and provides_objective(defended)
                                       and "defense_loss" in attack.cls.honours),
-                        source=PluginRef(source.name, source.fingerprint) if source is not None else None,
+                        source=_source_ref(plan_, source),
+                        target=target_mode,
+                        superclasses=superclasses.record() if superclasses is not None else None,
+                        cascade_after=cascade_after,
                         versions=versions,
                     )
                     if on_cell:
                         on_cell(protocol, len(indices))
-                    cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device, source_classifier)
-                    outcomes.append(_run_cell(cell, request.output, meta, on_advance))
+                    cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device, source_classifier,
+                                 superclasses, broken.get(stage, {}) if request.cascade else {}, request.eps_sweep)
+                    outcome = _run_cell(cell, request.output, meta, on_advance)
+                    outcomes.append(outcome)
+                    earlier.setdefault(stage, []).append(attack.spec)
+                    done = outcome.rows[~outcome.rows["robust"]]
+                    broken.setdefault(stage, {}).update(zip(done["sample_index"].tolist(), done["adv_pred"].tolist()))
     return outcomes
+
+
+def _defended_source(plan_: Plan) -> tuple[ClipModel | None, DefenseContext | None, tuple[Defense, ...]]:
+    """The transfer source model after its defense's training-time parts, the defense context, and
+    its test-time parts."""
+    if plan_.source is None:
+        return None, None, ()
+    source = plan_.source.load(plan_.device)
+    parts = plan_.source_defense.parts if plan_.source_defense else ()
+    context = DefenseContext(cache_dir() / "defenses", plan_.device, plan_.request.seed, plan_.request.data_root, source)
+    for part in parts:
+        source = part.adapt_model(source, context)
+    return source, context, tuple(part for part in parts if part.is_test_time())
+
+
+def _source_ref(plan_: Plan, source: ClipModel | None) -> PluginRef | None:
+    """The transfer source in the protocol record: model spec, weights fingerprint, and its defense."""
+    if source is None:
+        return None
+    defense = plan_.source_defense
+    params = {} if defense is None else {"defense": defense.spec, "defense_params": {p.name: p.params() for p in defense.parts}}
+    return PluginRef(plan_.source.name if plan_.source else source.name, source.fingerprint, params)
 
 
 @dataclass(frozen=True)
@@ -446,7 +582,10 @@ class _Cell:
     dataset: ZeroShotDataset
     indices: list[int]
     device: torch.device
-    source: ZeroShotClassifier | None = None  # the transfer track crafts on it
+    source: torch.nn.Module | None = None  # the transfer track crafts on it
+    superclasses: SuperclassMap | None = None  # craft against this label space
+    skip: dict[int, int] = field(default_factory=dict)  # cascade: sample index → adv_pred of an earlier attack
+    eps_sweep: bool = True
 
 
 def _run_cell(
@@ -536,7 +675,67 @@ def _crafting_model(cell: _Cell) -> torch.nn.Module:
 def _measure_cell_flags(cell: _Cell, indices: list[int], seed: int) -> str:
     torch.manual_seed(seed)
     x, y = _load_batch(cell, indices)
-    return ";".join(cell_flags(cell.defended, _crafting_model(cell), x, y))
+    crafting = _crafting_model(cell)
+    if cell.superclasses is not None:
+        crafting, y = SuperclassLogits(crafting, cell.superclasses), cell.superclasses.of(y)
+    found = cell_flags(cell.defended, crafting, x, y)
+    if cell.eps_sweep and cell.attack.cls.name != "none":
+        found += _eps_sweep_flags(cell, x[:SWEEP_SAMPLES], y[:SWEEP_SAMPLES], seed)
+    return ";".join(found)
+
+
+SWEEP_SAMPLES = 16
+SWEEP_FACTORS = (1, 2, 4)
+
+
+def _eps_sweep_flags(cell: _Cell, x: torch.Tensor, y: torch.Tensor, seed: int) -> list[str]:
+    """``eps-not-monotone`` when the cell's attack leaves more robust images at a larger multiple of
+    ε (1, 2, 4 ε, step size scaled alike) on the first :data:`SWEEP_SAMPLES` images."""
+    robust = []
+    for factor in SWEEP_FACTORS:
+        threat = cell.attack.threat
+        scaled = replace(threat, eps=threat.eps * factor, eps_label=f"{factor}x{threat.eps_label}",
+                         step_size=threat.step_size * factor)
+        if scaled.norm == "linf" and scaled.eps > 1:
+            break
+        torch.manual_seed(seed)
+        generator = torch.Generator(device=cell.device).manual_seed(seed)
+        x_adv, _, _ = _attack(cell, x, y, replace(cell.attack, threat=scaled), generator)
+        with torch.no_grad():
+            robust.append(int((cell.defended(x_adv).argmax(dim=1) == y).sum()))
+    rises = [f for f, a, b in zip(SWEEP_FACTORS[1:], robust, robust[1:]) if b > a]
+    return [f"eps-not-monotone=sweep {'/'.join(map(str, robust))} at {'/'.join(f'{f}x' for f in SWEEP_FACTORS[:len(robust)])}"] if rises else []
+
+
+def _attack(
+    cell: _Cell, x: torch.Tensor, y: torch.Tensor, attack: AttackChoice, generator: torch.Generator,
+    skip: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, _PassCounter]:
+    """Adversarial images of the cell's attack (label space, target mode, tracks) for ``x``.
+
+    Returns ``(x_adv, target, counter)``: ``target`` is the aimed class per image (``-1``: untargeted,
+    or not attacked because the image's label is the target); images with ``skip`` set, or with no
+    target in a targeted mode, are returned unchanged.
+    """
+    protocol = cell.protocol
+    crafting: torch.nn.Module = _crafting_model(cell)
+    labels = y
+    if cell.superclasses is not None:
+        crafting, labels = SuperclassLogits(crafting, cell.superclasses), cell.superclasses.of(y)
+    counter = _PassCounter(crafting, objective=protocol.defense_loss)
+    target = torch.full_like(y, NO_TARGET)
+    attacked = torch.ones_like(y, dtype=torch.bool) if skip is None else ~skip
+    if protocol.target != UNTARGETED and attacked.any():
+        with torch.no_grad():
+            clean_logits = crafting(x)
+        target = torch.where(attacked, choose_targets(protocol.target, y, clean_logits, generator), target)
+        attacked &= target != NO_TARGET
+    x_adv = x.clone()
+    if attacked.any():
+        index = attacked.nonzero().squeeze(1)
+        extra = {"target": target[index]} if protocol.target != UNTARGETED else {}
+        x_adv[index] = attack.build(protocol.eot_draws).perturb(counter, x[index], labels[index], generator, **extra).detach()
+    return x_adv, target, counter
 
 
 def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
@@ -547,11 +746,15 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
     started = time.perf_counter()
     with torch.no_grad():
         clean_pred = defended(x).argmax(dim=1)
-    crafting = _PassCounter(_crafting_model(cell), objective=protocol.defense_loss)
-    x_adv = attack.build(protocol.eot_draws).perturb(crafting, x, y, generator).detach()
+    skip = torch.tensor([i in cell.skip for i in indices], dtype=torch.bool, device=device)
+    x_adv, target, crafting = _attack(cell, x, y, attack, generator, skip)
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     with torch.no_grad():
         adv_pred = defended(x_adv).argmax(dim=1)
+    if skip.any():  # cascade: keep the earlier attack's outcome
+        earlier = torch.tensor([cell.skip.get(i, -1) for i in indices], dtype=adv_pred.dtype, device=device)
+        adv_pred = torch.where(skip, earlier, adv_pred)
+    attacked = ~skip & ((target != NO_TARGET) if protocol.target != UNTARGETED else torch.ones_like(skip))
     elapsed = time.perf_counter() - started
     linf, l2 = perturbation_norms(x, x_adv)
     n = len(indices)
@@ -592,6 +795,23 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
             "time_s": elapsed / n,
             "forward_passes": crafting.forward_images / n,
             "backward_passes": crafting.backward_images / n,
+            "defense_loss": protocol.defense_loss,
+            "target_mode": protocol.target,
+            "target": target.cpu().numpy(),
+            "attacked": attacked.cpu().numpy(),
+            "cascade_after": ",".join(protocol.cascade_after),
+            "superclasses": cell.superclasses.name if cell.superclasses is not None else "",
+            **_superclass_columns(cell.superclasses, y, clean_pred, adv_pred),
             "protocol": protocol.to_json(),
         }
     )
+
+
+def _superclass_columns(mapping: SuperclassMap | None, y: torch.Tensor, clean_pred: torch.Tensor,
+                        adv_pred: torch.Tensor) -> dict[str, np.ndarray]:
+    """Superclass label and predictions (``-1`` without a superclass map)."""
+    if mapping is None:
+        none = np.full(len(y), -1, dtype=np.int64)
+        return {"superclass_label": none, "clean_superclass_pred": none, "adv_superclass_pred": none}
+    return {"superclass_label": mapping.of(y).cpu().numpy(), "clean_superclass_pred": mapping.of(clean_pred).cpu().numpy(),
+            "adv_superclass_pred": mapping.of(adv_pred).cpu().numpy()}

@@ -81,3 +81,32 @@ class ToyQuantiseMasked(ToyQuantise):
 
     def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
         return _Wrapped(classifier, self.rounding)
+
+
+class _WithObjective(_Wrapped):
+    """Exposes a defense-aware objective: the mean pixel value, which the adaptive attacker maximises."""
+
+    def __init__(self, classifier: torch.nn.Module, weight: float) -> None:
+        super().__init__(classifier, lambda x: x)
+        self.weight = weight
+
+    def forward_with_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x), self.weight * x.flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Attributes: weight: weight of the defense-aware term."""
+
+    weight: float = 1.0
+
+
+class ToyObjective(Defense):
+    """The identity at test time, offering a defense-aware objective (brighten the image) to adaptive attacks."""
+
+    name: ClassVar[str] = "toy-objective"
+    description: ClassVar[str] = "test defense: identity with a defense-aware objective"
+    Config: ClassVar[type] = ObjectiveConfig
+
+    def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
+        return _WithObjective(classifier, self.config.weight)

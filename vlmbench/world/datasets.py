@@ -17,7 +17,8 @@ name                      classes  what the class fixes
 ``world-texture``         4        the background texture (``plain`` ... ``checkered``)
 ``world-size``            2        the object size (``small``, ``large``)
 ``world-combo``           36       colour and shape (``red circle`` ...), fine-grained; includes
-                                   the six combinations held out of pretraining
+                                   the six combinations held out of pretraining; superclass maps
+                                   ``shape`` (6) and ``colour`` (6) for superclass attacks
 ========================  =======  ==========================================================
 """
 
@@ -101,6 +102,7 @@ class WorldDatasetPlugin(DatasetPlugin):
         classnames: tuple[str, ...],
         templates: tuple[str, ...],
         class_attributes: tuple[dict[str, Any], ...],
+        superclass_maps: dict[str, dict[str, list[str]]] | None = None,
     ) -> None:
         if len(classnames) != len(class_attributes):
             raise ValueError("one attribute dict per class name is required")
@@ -111,6 +113,7 @@ class WorldDatasetPlugin(DatasetPlugin):
         self.classnames = classnames
         self.templates = templates
         self.class_attributes = class_attributes
+        self.superclass_maps = superclass_maps or {}
 
     def split_size(self, split: str) -> int:
         """Number of items in ``split``: the smallest multiple of the class count >= the split's minimum."""
@@ -122,7 +125,7 @@ class WorldDatasetPlugin(DatasetPlugin):
     def load(self, data_root: Path | None, split: str | None = None) -> WorldDataset:
         """Generate ``split`` (default ``"test"``); ``data_root`` is ignored."""
         split = split or self.splits[0]
-        return WorldDataset(
+        dataset = WorldDataset(
             name=self.name,
             split=split,
             classnames=self.classnames,
@@ -130,6 +133,8 @@ class WorldDatasetPlugin(DatasetPlugin):
             class_attributes=self.class_attributes,
             size=self.split_size(split),
         )
+        dataset.superclass_maps = self.superclass_maps
+        return dataset
 
     def status(self, data_root: Path | None) -> str:
         return "generated"
@@ -200,6 +205,10 @@ WORLD_COMBO = WorldDatasetPlugin(
     classnames=tuple(f"{colour} {shape}" for colour in COLOUR_NAMES for shape in SHAPES),
     templates=_OBJECT_TEMPLATES,
     class_attributes=tuple({"colour": colour, "shape": shape} for colour in COLOUR_NAMES for shape in SHAPES),
+    superclass_maps={  # the two natural hierarchies, for superclass attacks (vlmbench.targets)
+        "shape": {shape: [f"{colour} {shape}" for colour in COLOUR_NAMES] for shape in SHAPES},
+        "colour": {colour: [f"{colour} {shape}" for shape in SHAPES] for colour in COLOUR_NAMES},
+    },
 )
 
 WORLD_DATASETS: dict[str, WorldDatasetPlugin] = {

@@ -1,0 +1,191 @@
+"""What an attack aims at: untargeted, targeted (random / least-likely / a given class), or a coarser
+label space of superclasses.
+
+**Targeted modes** (``--target``), for attacks that honour ``targeted``:
+
+* ``random``: a class drawn uniformly among the ``C − 1`` wrong ones, from the batch's generator;
+* ``least-likely``: the class the attacked model scores lowest on the clean image (Kurakin et al. 2017);
+* ``K`` (an integer) or a class name: that class for every image. Images whose true label *is* the
+  target are evaluated without an attack (their row says ``attacked = false``), since there is
+  nothing to aim at.
+
+A targeted attack succeeds on an image when the defended model predicts the target; rows keep the
+target in ``target`` and robust accuracy keeps its meaning (correct both clean and attacked).
+
+**Superclass attacks** (``--superclasses NAME|FILE.json``): the classes are grouped into superclasses
+(every class in exactly one). The attack is crafted against the superclass classifier whose logit for
+superclass ``s`` is ``logsumexp`` of its members' logits (the log of the summed class probabilities),
+with the true superclass as label, so any attack — AutoAttack included — applies unchanged. Rows keep
+leaf predictions and add the superclass label and predictions, so both leaf and superclass accuracy are
+reported on the same images (the hierarchical-robustness threat of ``shared/research/defenses.md`` §5).
+
+A mapping comes from the dataset (``ZeroShotDataset.superclass_maps``: the world's ``world-combo``
+offers ``shape`` and ``colour``) or from a JSON file::
+
+    {"name": "animals-vs-vehicles", "superclasses": {"animal": ["cat", "dog"], "vehicle": ["car", "truck"]}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vlmbench.errors import VlmbenchError
+
+UNTARGETED = "untargeted"
+TARGET_MODES = ("untargeted", "random", "least-likely")
+NO_TARGET = -1  # ``target`` column of untargeted rows
+
+
+class TargetError(VlmbenchError):
+    """A target mode or superclass mapping that cannot be used."""
+
+
+def parse_target(spec: str | None, classnames: Sequence[str]) -> str:
+    """Canonical target mode: ``untargeted``, ``random``, ``least-likely`` or ``label:K``.
+
+    ``spec`` may name a class by index or by its class name.
+    """
+    if spec is None or spec == UNTARGETED:
+        return UNTARGETED
+    if spec in TARGET_MODES:
+        return spec
+    label = spec.removeprefix("label:")
+    if label.lstrip("-").isdigit():
+        k = int(label)
+        if not 0 <= k < len(classnames):
+            raise TargetError(f"target class {k} out of range: the dataset has {len(classnames)} classes")
+        return f"label:{k}"
+    if label in classnames:
+        return f"label:{list(classnames).index(label)}"
+    raise TargetError(f"bad target {spec!r}: use random, least-likely, a class index or a class name")
+
+
+def choose_targets(
+    mode: str, y: torch.Tensor, clean_logits: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor:
+    """Target class per image ``(N,)`` for ``mode`` (``-1`` where the image is not attacked).
+
+    Args:
+        mode: a canonical mode from :func:`parse_target` other than ``untargeted``.
+        y: true labels ``(N,)``.
+        clean_logits: the attacked model's logits on the clean images ``(N, C)`` (the class count for
+            ``random``; the ranking for ``least-likely``).
+        generator: source of the random targets.
+    """
+    if clean_logits is None:
+        raise TargetError("targeted attacks need the attacked model's clean logits")
+    num_classes = clean_logits.shape[1]
+    if mode == "random":
+        if num_classes < 2:
+            raise TargetError("a random target needs at least 2 classes")
+        offset = torch.randint(1, num_classes, y.shape, generator=generator, device=generator.device).to(y.device)
+        return (y + offset) % num_classes  # uniform over the C − 1 wrong classes
+    if mode == "least-likely":
+        return clean_logits.argmin(dim=1)
+    if mode.startswith("label:"):
+        target = torch.full_like(y, int(mode.removeprefix("label:")))
+        return torch.where(target == y, torch.full_like(y, NO_TARGET), target)
+    raise TargetError(f"unknown target mode {mode!r}")
+
+
+@dataclass(frozen=True)
+class SuperclassMap:
+    """A grouping of a dataset's classes into superclasses.
+
+    Attributes:
+        name: the mapping's name (recorded).
+        superclasses: superclass names, index = superclass label.
+        assignment: superclass label of every class, index = class label.
+    """
+
+    name: str
+    superclasses: tuple[str, ...]
+    assignment: tuple[int, ...]
+
+    @classmethod
+    def from_groups(cls, name: str, groups: Mapping[str, Sequence[str]], classnames: Sequence[str]) -> SuperclassMap:
+        """Build from ``{superclass: [class names]}``; every class must be in exactly one group."""
+        index = {c: i for i, c in enumerate(classnames)}
+        assignment = [-1] * len(classnames)
+        for s, (superclass, members) in enumerate(groups.items()):
+            for member in members:
+                if member not in index:
+                    raise TargetError(f"superclass map {name!r}: {member!r} is not a class of the dataset")
+                if assignment[index[member]] != -1:
+                    raise TargetError(f"superclass map {name!r}: class {member!r} is in two superclasses")
+                assignment[index[member]] = s
+        missing = [classnames[i] for i, s in enumerate(assignment) if s == -1]
+        if missing:
+            raise TargetError(f"superclass map {name!r} leaves {len(missing)} classes out (e.g. {missing[0]!r})")
+        if len(groups) < 2:
+            raise TargetError(f"superclass map {name!r} needs at least 2 superclasses")
+        return cls(name, tuple(groups), tuple(assignment))
+
+    def record(self) -> dict[str, object]:
+        """The protocol record: name, superclass names, the class → superclass assignment and its hash."""
+        digest = hashlib.sha256(json.dumps([self.superclasses, self.assignment]).encode()).hexdigest()[:16]
+        return {"name": self.name, "superclasses": list(self.superclasses), "assignment": list(self.assignment),
+                "sha256": digest}
+
+    def of(self, labels: torch.Tensor) -> torch.Tensor:
+        """Superclass label of every class label (``-1`` stays ``-1``)."""
+        table = torch.tensor(self.assignment, dtype=torch.long, device=labels.device)
+        return torch.where(labels < 0, labels, table[labels.clamp_min(0)])
+
+    def membership(self) -> torch.Tensor:
+        """``(S, C)`` boolean matrix: class ``c`` belongs to superclass ``s``."""
+        assignment = torch.tensor(self.assignment)
+        return F.one_hot(assignment, len(self.superclasses)).T.bool()
+
+
+def resolve_superclasses(spec: str, dataset_maps: Mapping[str, Mapping[str, Sequence[str]]],
+                         classnames: Sequence[str], dataset: str) -> SuperclassMap:
+    """A mapping the dataset offers by name, or one read from a JSON file."""
+    if spec in dataset_maps:
+        return SuperclassMap.from_groups(spec, dataset_maps[spec], classnames)
+    path = Path(spec)
+    if spec.endswith(".json") or path.exists():
+        if not path.is_file():
+            raise TargetError(f"superclass file {spec} not found")
+        try:
+            raw = json.loads(path.read_text())
+            name, groups = raw.get("name", path.stem), raw["superclasses"]
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
+            raise TargetError(f"superclass file {spec} is not of the form "
+                              '{"name": ..., "superclasses": {"super": ["class", ...]}}: ' + str(exc)) from None
+        return SuperclassMap.from_groups(name, groups, classnames)
+    offered = ", ".join(dataset_maps) or "none"
+    raise TargetError(f"dataset {dataset!r} has no superclass map {spec!r} (it offers: {offered}); "
+                      "or give a JSON file")
+
+
+class SuperclassLogits(torch.nn.Module):
+    """``logits (N,C) -> superclass logits (N,S)``: ``logsumexp`` of each superclass's members' logits.
+
+    Differentiable; softmax over the result is the sum of member probabilities.
+    """
+
+    def __init__(self, inner: torch.nn.Module, mapping: SuperclassMap) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mask", mapping.membership(), persistent=False)
+        if callable(getattr(inner, "forward_with_objective", None)):  # keep a defense-aware objective
+            self.forward_with_objective = self._forward_with_objective
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.inner(x))
+
+    def _forward_with_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, extra = self.inner.forward_with_objective(x)
+        return self.pool(logits), extra
+
+    def pool(self, logits: torch.Tensor) -> torch.Tensor:
+        expanded = logits[:, None, :].masked_fill(~self.mask.to(logits.device)[None], float("-inf"))
+        return torch.logsumexp(expanded, dim=2)
