@@ -52,7 +52,7 @@ def pixels(labels: list[int], side: int) -> np.ndarray:
 
 def _cifar(root: Path, folder: str, meta: str, meta_key: str, label_key: str, files: list[str], n: int) -> list[int]:
     base = root / folder
-    base.mkdir()
+    base.mkdir(parents=True)
     labels = [k % n for k in range(n + 3)]
     data = pixels(labels, 32).transpose(0, 3, 1, 2).reshape(len(labels), -1)  # CIFAR stores CHW rows
     with open(base / meta, "wb") as f:

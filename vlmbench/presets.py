@@ -1,0 +1,189 @@
+"""Protocol presets: the literature's dataset protocols, selectable by name (``vlmbench run --protocol``).
+
+A preset fixes the datasets, each one's split and sample count, how samples are selected, the
+prompt-template set and the resolution convention; all of it is recorded in every row's protocol
+(``DataSpec.preset``, ``.templates``, ``.selection``, ``.resolution``). Sources:
+``shared/research/defenses.md`` §9 (protocols A, B, C and the 22-dataset superset).
+
+===================  ==========================================================================
+preset               what it reproduces
+===================  ==========================================================================
+``tecoa16``          Protocol A as in TeCoA/PMG-AFT/TGA-ZSR: TTC's 16 datasets, full test splits
+                     (all images of SUN397, Caltech-101/256, EuroSAT), TeCoA prompts, native
+                     pixels resized inside the model
+``ttc16``            the same 16 datasets as evaluated by TTC (and SCC/DOC): TTC prompts, every
+                     image resized to 224×224 *before* the attack (CIFAR/STL ε-ball at 224)
+``fare13``           Protocol B (FARE / CLIP_benchmark / RobustBench): 13 zero-shot datasets with
+                     1000 seeded random samples each, plus ImageNet with 5000, CLIP_benchmark
+                     templates (80 for ImageNet)
+``coop``             Protocol C (CoOp / TPT lineage: R-TPT, MAC, TTP): 10 fine-grained datasets +
+                     ImageNet and its four variants, CoOp's prompt per dataset
+``all22``            the 22-dataset superset, full default splits, CLIP_benchmark templates
+``world``            the embedded synthetic world (no files), its own prompts
+===================  ==========================================================================
+
+Known deviations, stated rather than hidden:
+
+* ``fare13``: FARE does not publish its 1000-sample subsets; vlmbench draws them with the run's
+  seed (uniformly, not class-balanced) and records their hash and indices, so two vlmbench runs
+  compare the same images. CLIP_benchmark keeps Caltech-101's background class (102 classes);
+  vlmbench uses torchvision's 101 classes everywhere.
+* ``coop``: CoOp evaluates Caltech-101, DTD, EuroSAT, Flowers-102, Food-101 and SUN397 on its own
+  random test splits (``split_zhou_*.json``); vlmbench does not read those files yet and uses each
+  dataset's official test split (whole dataset where there is none). Pets, Cars, FGVC-Aircraft,
+  UCF101 (test list 1) and the ImageNet sets match CoOp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlmbench.data import ZeroShotDataset
+from vlmbench.errors import VlmbenchError
+from vlmbench.registry import unknown_name_message
+
+SELECTIONS = ("first", "random", "balanced")
+RESOLUTIONS = ("native", "224-before-attack")
+
+
+@dataclass(frozen=True)
+class PresetDataset:
+    """One dataset of a preset: its split (None: the dataset's default) and sample count (None: all)."""
+
+    name: str
+    split: str | None = None
+    n_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named dataset protocol.
+
+    Attributes:
+        name: what ``--protocol`` takes.
+        description: one line.
+        datasets: the datasets in reporting order.
+        selection: how subsets are drawn when ``n_samples`` is below the split size
+            (:data:`SELECTIONS`; seeded by the run's seed).
+        templates: template set (:func:`vlmbench.datasets.text.template_sets`).
+        resolution: ``"native"`` (the model resizes inside its forward, so the attack acts on the
+            dataset's pixels) or ``"224-before-attack"`` (items resized to 224×224 first, TTC's way).
+        source: where the protocol is defined.
+    """
+
+    name: str
+    description: str
+    datasets: tuple[PresetDataset, ...]
+    selection: str
+    templates: str
+    resolution: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS or self.resolution not in RESOLUTIONS:
+            raise ValueError(f"preset {self.name!r}: bad selection or resolution")
+
+
+_TTC16 = ("cifar10", "cifar100", "stl10", "imagenet", "caltech101", "caltech256", "oxford-pets", "flowers102",
+          "fgvc-aircraft", "stanford-cars", "sun397", "country211", "food101", "eurosat", "dtd", "pcam")
+_FARE13 = ("cifar10", "cifar100", "stl10", "stanford-cars", "caltech101", "oxford-pets", "flowers102", "dtd",
+           "eurosat", "fgvc-aircraft", "pcam", "imagenet-r", "imagenet-sketch")
+_COOP = ("caltech101", "dtd", "eurosat", "fgvc-aircraft", "flowers102", "food101", "oxford-pets", "stanford-cars",
+         "sun397", "ucf101", "imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")
+_ALL22 = (*_TTC16, "imagenet-r", "imagenet-sketch", "imagenet-a", "imagenet-v2", "tinyimagenet", "ucf101")
+_WORLD = ("world-shape", "world-colour", "world-count", "world-texture", "world-size", "world-combo")
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset for preset in (
+        Preset("tecoa16", "Protocol A (TeCoA, PMG-AFT, TGA-ZSR): TTC's 16 datasets, full splits, TeCoA prompts, native pixels",
+               tuple(PresetDataset(n) for n in _TTC16), "first", "tecoa", "native",
+               "TeCoA (Mao et al. 2023) and TTC (Xing et al. 2025) evaluation code; defenses.md §9.1-9.4"),
+        Preset("ttc16", "Protocol A as run by TTC/SCC/DOC: 16 datasets, full splits, TTC prompts, resized to 224 before the attack",
+               tuple(PresetDataset(n) for n in _TTC16), "first", "ttc", "224-before-attack",
+               "TTC (Xing et al. 2025) code/test_time_counterattack.py; defenses.md §9.4"),
+        Preset("fare13", "Protocol B (FARE, CLIP_benchmark): 13 datasets x 1000 seeded samples + ImageNet x 5000, CLIP_benchmark templates",
+               (PresetDataset("imagenet", None, 5000), *(PresetDataset(n, None, 1000) for n in _FARE13)),
+               "random", "clip_benchmark", "native",
+               "FARE (Schlarmann et al. 2024), chs20/RobustVLM README; CLIP_benchmark; defenses.md §9.1"),
+        Preset("coop", "Protocol C (CoOp/TPT lineage): 10 fine-grained datasets + ImageNet and 4 variants, CoOp prompts",
+               tuple(PresetDataset(n) for n in _COOP), "first", "coop", "native",
+               "CoOp (Zhou et al. 2022) DATASETS.md and trainers/zsclip.py; defenses.md §9.1"),
+        Preset("all22", "All 22 real datasets, full default splits, CLIP_benchmark templates, native pixels",
+               tuple(PresetDataset(n) for n in _ALL22), "first", "clip_benchmark", "native",
+               "defenses.md §9.1 (suggested superset)"),
+        Preset("world", "The embedded synthetic world: 6 generated datasets, their own prompts",
+               tuple(PresetDataset(n) for n in _WORLD), "first", "dataset", "native", "vlmbench.world"),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise VlmbenchError(unknown_name_message("protocol preset", name, sorted(PRESETS)))
+    return PRESETS[name]
+
+
+class Resized(ZeroShotDataset):
+    """A view of ``dataset`` whose images are resized to ``size``×``size`` (bicubic, antialiased) at load.
+
+    Used for the ``224-before-attack`` convention: the attack's ε-ball then lives on the resized pixels.
+    Items stay ``float32`` in ``[0, 1]``; labels, class names and templates are the wrapped dataset's.
+    """
+
+    def __init__(self, dataset: ZeroShotDataset, size: int = 224) -> None:
+        self.inner = dataset
+        self.size = size
+        self.name, self.split = dataset.name, dataset.split
+        self.classnames, self.templates = dataset.classnames, dataset.templates
+        base = "" if dataset.pixels == "native" else f"{dataset.pixels}, then "
+        self.pixels = f"{base}resized to {size}x{size} before the attack (bicubic with antialias)"
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, label = self.inner[index]
+        if tuple(x.shape[1:]) != (self.size, self.size):
+            array = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            image = Image.fromarray(array).resize((self.size, self.size), Image.BICUBIC)
+            x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        return x, label
+
+    def labels(self) -> list[int]:
+        return dataset_labels(self.inner)
+
+
+def dataset_labels(dataset: ZeroShotDataset) -> list[int]:
+    """All labels of ``dataset``: from its ``labels()`` when it has one, else by reading every item."""
+    labels = getattr(dataset, "labels", None)
+    if callable(labels):
+        return list(labels())
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def balanced_indices(labels: list[int], n_samples: int, seed: int) -> list[int]:
+    """A seeded class-balanced sample of ``n_samples`` indices, in increasing order.
+
+    Each class contributes ``n // C`` images, and ``n % C`` classes drawn at random one more; a class
+    with too few images gives all it has and the shortfall is drawn round-robin from the others.
+    """
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    queues = [list(rng.permutation(by_class[c])) for c in sorted(by_class)]
+    order = rng.permutation(len(queues))
+    chosen: list[int] = []
+    while len(chosen) < n_samples:
+        progressed = False
+        for k in order:
+            if queues[k] and len(chosen) < n_samples:
+                chosen.append(int(queues[k].pop(0)))
+                progressed = True
+        if not progressed:
+            break
+    return sorted(chosen)
