@@ -31,7 +31,7 @@ def test_every_defense_conforms(name, world_classifier, tmp_path):
     cls = plugins().defenses.get(name)
     assert issubclass(cls, Defense) and cls.__doc__ and cls.description
     assert cls.kind() in ("none", "training", "test-time", "training+test-time")
-    defense = cls()
+    defense = cls(cls.smoke_config())  # training-time defenses: a few steps, not the full budget
     json.dumps(defense.params())  # parameters must be recordable in the protocol
     classifier, x = world_classifier
     context = DefenseContext(tmp_path, torch.device("cpu"), 0, original=classifier.model)

@@ -93,3 +93,9 @@ class Defense(ABC):
 
     def params(self) -> dict[str, Any]:
         return config_dict(self.config)
+
+    @classmethod
+    def smoke_config(cls) -> Any:
+        """The cheapest configuration that still runs every hook (contract tests use it; a training-time
+        defense returns a budget of a few steps). Default: ``Config()``."""
+        return cls.Config()

@@ -250,7 +250,8 @@ class WorldTrainingSet(TrainingSet):
 
     SIZE = 20_000
 
-    def __init__(self, size: int = SIZE) -> None:
+    def __init__(self, size: int | None = None) -> None:
+        size = size or self.SIZE
         from vlmbench.world.datasets import DATASET_SEED, WORLD_COMBO, WorldDataset
         from vlmbench.world.render import HELD_OUT
 
@@ -297,15 +298,14 @@ class ImageFolderTrainingSet(TrainingSet):
         return len(self.files)
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
-        from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+        from PIL import Image, ImageOps
 
         images, labels = [], []
         for i in indices:
             path, label = self.files[int(i)]
             with Image.open(path) as image:
-                x = pil_to_tensor(image.convert("RGB")).float() / 255.0
-            images.append(center_crop(resize(x, self.size, antialias=True), [self.size, self.size]).clamp(0, 1))
+                square = ImageOps.fit(image.convert("RGB"), (self.size, self.size), Image.Resampling.BICUBIC)
+            images.append(torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0).permute(2, 0, 1))
             labels.append(label)
         return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
@@ -452,6 +452,7 @@ class FineTuneDefense(Defense):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.settings: Settings | None = None  # resolved by the last adapt_model
+        self.checkpoint: Path | None = None  # its cache folder
 
     @classmethod
     @abstractmethod
@@ -605,6 +606,7 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
     phases = defense.phases(settings)
     key = training_key(defense, model, refs, data, settings, phases, seed)
     folder = checkpoint_dir(context.cache_dir, defense.name, key)
+    defense.checkpoint = folder
     cached = load_cached(folder, model)
     if cached is not None:
         return cached
