@@ -257,8 +257,9 @@ def ucf101(root: Path) -> list[int]:
     (base / "ucfTrainTestlist").mkdir(parents=True)
     (base / "ucfTrainTestlist" / "classInd.txt").write_text("\n".join(f"{k + 1} {c}" for k, c in enumerate(classes)) + "\n")
     lines = []
-    for label, c in enumerate(classes):
-        image(base / "UCF-101-midframes" / c / f"v_{c}_g01_c01.jpg", label, (32, 24))
+    for label, c in enumerate(classes):  # CoOp's middle frames sit in "Action_B_Thing1/" for action "ActionBThing1"
+        image(base / "UCF-101-midframes" / c.replace("Thing", "_Thing").replace("Action", "Action_") / f"v_{c}_g01_c01.jpg",
+              label, (32, 24))
         lines.append(f"{c}/v_{c}_g01_c01.avi")
     (base / "ucfTrainTestlist" / "testlist01.txt").write_text("\n".join(lines) + "\n")
     return list(range(101))
@@ -271,6 +272,41 @@ FABRICATORS: dict[str, Callable[[Path], list[int]]] = {
     "dtd": dtd, "pcam": pcam, "imagenet-r": imagenet_r, "imagenet-sketch": imagenet_sketch, "imagenet-a": imagenet_a,
     "imagenet-v2": imagenet_v2, "tinyimagenet": tinyimagenet, "ucf101": ucf101,
 }
+
+
+# CoOp's split files: a relative image path in each dataset's own style, and a class name as CoOp writes it
+COOP_STYLE: dict[str, Callable[[int], tuple[str, str]]] = {
+    "caltech101": lambda k: (f"category_{k}/image_0001.jpg", f"category_{k}"),
+    "oxford-pets": lambda k: (f"Breed_{k}_1.jpg", f"breed_{k}"),
+    "stanford-cars": lambda k: (f"cars_test/{k + 1:05d}.jpg", f"2012 Make Model_{k}"),
+    "flowers102": lambda k: (f"image_{k + 1:05d}.jpg", f"flower {k}"),
+    "food101": lambda k: (f"dish_{k}/{1000 + k}.jpg", f"dish_{k}"),
+    "sun397": lambda k: (f"{chr(97 + k % 26)}/scene_{k}/indoor/sun_{k}.jpg", f"indoor scene_{k}"),
+    "dtd": lambda k: (f"texture_{k}/texture_{k}_0001.jpg", f"texture_{k}"),
+    "eurosat": lambda k: (f"Class{k}/Class{k}_1.jpg", f"Class {k} Land"),
+    "ucf101": lambda k: (f"Action_{k}/v_Action{k}_g01_c01.jpg", f"Action_{k}"),
+}
+
+
+def coop_split(root: Path, name: str) -> list[int]:
+    """CoOp's split file of ``name`` in ``<root>/coop_splits/`` and its test images (one per class, two of
+    class 0, in shuffled order); train and val list images that are never created (only ``test`` is read)."""
+    plugin = real.DATASETS[name]
+    assert plugin.coop is not None
+    (root / plugin.layout.folder).mkdir(parents=True, exist_ok=True)
+    size = (64, 64) if name == "eurosat" else (40, 30)
+    entries = []
+    for label in range(plugin.coop.num_classes):
+        path, classname = COOP_STYLE[name](label)
+        entries.append([path, label, classname])
+        image(root / plugin.coop.images / path, label, size)
+    extra = [entries[0][0].replace(".jpg", "_b.jpg"), 0, entries[0][2]]
+    image(root / plugin.coop.images / extra[0], 0, size)
+    test = [extra, *entries[::-1]]
+    split = {"train": [[f"train/{e[0]}", e[1], e[2]] for e in entries], "val": [["val/x.jpg", 0, entries[0][2]]], "test": test}
+    (root / real.COOP_SPLITS).mkdir(exist_ok=True)
+    (root / real.COOP_SPLITS / plugin.coop.file).write_text(json.dumps(split))
+    return [label for _, label, _ in test]
 
 
 @pytest.fixture
@@ -316,6 +352,72 @@ def test_dataset_loads_from_its_native_format(name, tmp_path, no_md5):
         assert isinstance(label, int) and label == dataset.labels()[index]
         expected = torch.tensor(colour(label), dtype=torch.float32) / 255
         assert torch.allclose(x.mean(dim=(1, 2)), expected, atol=3 / 255), "the image does not belong to its label"
+
+
+COOP_CLASSES = {"caltech101": 100, "oxford-pets": 37, "stanford-cars": 196, "flowers102": 102, "food101": 101,
+                "sun397": 397, "dtd": 47, "eurosat": 10, "ucf101": 101}
+
+
+def test_coop_splits_are_offered_exactly_where_coop_publishes_a_split_file():
+    offered = {name: plugin.coop.num_classes for name, plugin in real.DATASETS.items() if plugin.coop is not None}
+    assert offered == COOP_CLASSES and set(COOP_STYLE) == set(COOP_CLASSES)
+    for name in COOP_CLASSES:
+        plugin = real.DATASETS[name]
+        assert plugin.splits[-1] == real.COOP_TEST and plugin.splits[0] != real.COOP_TEST  # never the default
+        assert plugin.coop.file.startswith("split_zhou_") and plugin.coop.url.startswith("https://drive.google.com/")
+        assert plugin.coop.images.startswith(plugin.layout.folder)  # the same images as the other splits
+
+
+@pytest.mark.parametrize("name", sorted(COOP_CLASSES))
+def test_coop_split_serves_the_split_files_test_list(name, tmp_path):
+    labels = coop_split(tmp_path, name)
+    dataset = plugins().datasets.get(name).load(tmp_path, real.COOP_TEST)
+    assert dataset.split == "coop-test" and dataset.num_classes == COOP_CLASSES[name]
+    assert dataset.labels() == labels  # the test list, in the file's order
+    names = [COOP_STYLE[name](k)[1].replace("_", " ") for k in range(COOP_CLASSES[name])]
+    assert list(dataset.classnames) == names  # the file's names, label order, "_" written as space (CoOp's zsclip)
+    side = NATIVE.get(name, real.VARIABLE_SIZE)  # the dataset's usual pixel convention
+    for index in (0, 1, len(dataset) - 1):
+        x, label = dataset[index]
+        assert tuple(x.shape) == (3, side, side) and label == labels[index]
+        assert torch.allclose(x.mean(dim=(1, 2)), torch.tensor(colour(label), dtype=torch.float32) / 255, atol=3 / 255)
+
+
+def test_coop_split_without_its_file_fails_fast_with_what_to_do(tmp_path):
+    dtd(tmp_path)
+    coop_split(tmp_path, "dtd")
+    (tmp_path / "coop_splits" / "split_zhou_DescribableTextures.json").unlink()
+    assert real.DTD.load(tmp_path).split == "test"  # the other splits need no split file
+    with pytest.raises(DatasetNotFoundError) as info:
+        real.DTD.load(tmp_path, "coop-test")
+    message = str(info.value)
+    assert "\n" not in message and "split_zhou_DescribableTextures.json" in message and "coop-test" in message
+    assert str(tmp_path / "coop_splits") in message and "drive.google.com" in message and "README" in message
+    with pytest.raises(DatasetNotFoundError) as info:  # no images either: both what-to-dos in one line
+        real.DTD.load(tmp_path / "elsewhere", "coop-test")
+    message = str(info.value)
+    assert "\n" not in message and "dtd/dtd not found" in message and "dtd-r1.0.1.tar.gz" in message
+    assert "also get split_zhou_DescribableTextures.json" in message and str(tmp_path / "elsewhere" / "coop_splits") in message
+
+
+def test_coop_split_with_missing_images_or_bad_labels_is_refused(tmp_path):
+    coop_split(tmp_path, "eurosat")
+    (tmp_path / "eurosat" / "2750" / "Class3" / "Class3_1.jpg").unlink()
+    with pytest.raises(DatasetNotFoundError, match="1 of 11 images of split_zhou_EuroSAT.json's test list missing"):
+        real.EUROSAT.load(tmp_path, "coop-test")
+    split_file = tmp_path / "coop_splits" / "split_zhou_EuroSAT.json"
+    split = json.loads(split_file.read_text())
+    split["val"] = [["x.jpg", 0, "Other name"]]
+    split_file.write_text(json.dumps(split))
+    with pytest.raises(DatasetNotFoundError, match="label 0 is named both"):
+        real.EUROSAT.load(tmp_path, "coop-test")
+    split["val"] = []
+    image(tmp_path / "eurosat" / "2750" / "Class3" / "Class3_1.jpg", 3, (64, 64))
+    for dropped, error in ((3, r"labels are not 0\.\.8"), (9, "found 9 classes, expected 10")):
+        kept = {key: [e for e in split[key] if e[1] != dropped] for key in ("train", "test")}
+        split_file.write_text(json.dumps({**split, **kept}))
+        with pytest.raises(DatasetNotFoundError, match=error):
+            real.EUROSAT.load(tmp_path, "coop-test")
 
 
 def test_class_names_come_from_the_files_where_the_format_has_them(tmp_path, no_md5):

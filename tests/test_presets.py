@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from test_datasets_real import cifar10, no_md5, pcam  # noqa: F401  (no_md5 is a fixture)
+from test_datasets_real import COOP_STYLE, cifar10, coop_split, dtd, no_md5, pcam  # noqa: F401  (no_md5 is a fixture)
 from vlmbench.cli import app
+from vlmbench.data import DatasetNotFoundError
 from vlmbench.datasets import real, text
 from vlmbench.presets import PRESETS, balanced_indices, get_preset
 from vlmbench.protocol import Protocol
@@ -101,8 +102,54 @@ def test_missing_preset_dataset_fails_fast(tmp_path):
         plan(RunRequest(protocol="fare13", datasets=("*",), data_root=tmp_path, device="cpu"))
 
 
+def test_every_missing_dataset_is_named_in_one_line(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        plan(RunRequest(protocol="coop", datasets=("*",), data_root=tmp_path, device="cpu"))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("15 datasets missing or incomplete: ")
+    assert message.count("README") == 1 and message.endswith("(README, 'Real datasets')")
+    for entry in get_preset("coop").datasets:
+        assert f"dataset {entry.name!r}" in message
+        assert real.DATASETS[entry.name].layout.obtain in message  # what to do, for each
+
+
+def test_missing_datasets_error_names_only_the_missing_ones(tmp_path):
+    dtd(tmp_path)  # images, but no CoOp split file
+    coop_split(tmp_path, "eurosat")  # complete
+    request = RunRequest(protocol="coop", datasets=("dtd", "eurosat", "food101"), data_root=tmp_path, device="cpu")
+    with pytest.raises(DatasetNotFoundError) as info:
+        plan(request)
+    message = str(info.value)
+    assert message.startswith("2 datasets missing or incomplete: ") and "eurosat" not in message
+    assert "split_zhou_DescribableTextures.json" in message and "food-101 not found" in message
+    with pytest.raises(DatasetNotFoundError, match="^dataset 'food101'"):  # a single one keeps its own message
+        plan(RunRequest(datasets=("eurosat", "food101"), data_root=tmp_path, device="cpu"))
+
+
+def test_coop_preset_uses_coops_split_files_where_coop_has_one():
+    splits = {e.name: e.split for e in get_preset("coop").datasets}
+    with_file = {name for name, plugin in real.DATASETS.items() if plugin.coop is not None}
+    assert {name for name, split in splits.items() if split == real.COOP_TEST} == with_file == set(COOP_STYLE)
+    # FGVC-Aircraft and the ImageNet sets: their official test/val split, as in CoOp
+    assert {name: split for name, split in splits.items() if name not in with_file} == {
+        name: None for name in ("fgvc-aircraft", "imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")}
+
+
+def test_coop_preset_plan_loads_the_coop_test_lists(tmp_path):
+    sizes = {name: len(coop_split(tmp_path, name)) for name in ("caltech101", "eurosat", "ucf101")}
+    the_plan = plan(RunRequest(protocol="coop", datasets=tuple(sizes), data_root=tmp_path, device="cpu"))
+    loaded = {plugin.name: (dataset, indices) for plugin, dataset, indices in the_plan.datasets}
+    assert set(loaded) == set(sizes)
+    for name, (dataset, indices) in loaded.items():
+        assert dataset.split == "coop-test" and indices == list(range(sizes[name]))
+        assert dataset.templates == text.text_for("coop", name)[0]
+        assert dataset.classnames[1] == COOP_STYLE[name](1)[1].replace("_", " ")
+    assert loaded["caltech101"][0].num_classes == 100 and tuple(loaded["eurosat"][0][0][0].shape) == (3, 64, 64)
+
+
 def test_preset_choices_are_recorded_in_every_row(tiny_model_plugin_file, tmp_path, no_md5):  # noqa: F811
     cifar10(tmp_path / "data")
+    coop_split(tmp_path / "data", "eurosat")
     out = tmp_path / "out"
     common = ["run", "--model", "tiny-world", "--plugin", str(tiny_model_plugin_file), "--attack", "none",
               "--threads", "1", "--data-root", str(tmp_path / "data")]
@@ -112,6 +159,11 @@ def test_preset_choices_are_recorded_in_every_row(tiny_model_plugin_file, tmp_pa
     data = Protocol.from_json(rows["protocol"].iloc[0]).data
     assert (data.preset, data.templates, data.selection, data.split) == ("fare13", "clip_benchmark", "all", "test")
     assert data.resolution.startswith("native, resized inside the model") and len(rows) == 13
+    result = CliRunner().invoke(app, [*common, "--protocol", "coop", "--dataset", "eurosat", "--output", str(out / "c")])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(next((out / "c").glob("*.parquet")))
+    data = Protocol.from_json(rows["protocol"].iloc[0]).data
+    assert (data.preset, data.split, data.templates) == ("coop", "coop-test", "coop") and len(rows) == 11
     result = CliRunner().invoke(app, [*common, "--dataset", "cifar10", "--samples", "10", "--selection", "balanced",
                                       "--output", str(out / "b")])
     assert result.exit_code == 0, result.output

@@ -17,7 +17,10 @@ preset               what it reproduces
                      1000 seeded random samples each, plus ImageNet with 5000, CLIP_benchmark
                      templates (80 for ImageNet)
 ``coop``             Protocol C (CoOp / TPT lineage: R-TPT, MAC, TTP): 10 fine-grained datasets +
-                     ImageNet and its four variants, CoOp's prompt per dataset
+                     ImageNet and its four variants, CoOp's prompt per dataset; the nine datasets
+                     with a ``split_zhou_<Name>.json`` on its ``coop-test`` split (the file's
+                     ``test`` list and class names), FGVC-Aircraft and the ImageNet sets on their
+                     official test/val splits, as in CoOp
 ``all22``            the 22-dataset superset, full default splits, CLIP_benchmark templates
 ``world``            the embedded synthetic world (no files), its own prompts
 ===================  ==========================================================================
@@ -27,22 +30,24 @@ Known deviations, stated rather than hidden:
 * ``fare13``: FARE does not publish its 1000-sample subsets; vlmbench draws them with the run's
   seed (uniformly, not class-balanced) and records their hash and indices, so two vlmbench runs
   compare the same images. CLIP_benchmark keeps Caltech-101's background class (102 classes);
-  vlmbench uses torchvision's 101 classes everywhere.
-* ``coop``: CoOp evaluates Caltech-101, DTD, EuroSAT, Flowers-102, Food-101 and SUN397 on its own
-  random test splits (``split_zhou_*.json``); vlmbench does not read those files yet and uses each
-  dataset's official test split (whole dataset where there is none). Pets, Cars, FGVC-Aircraft,
-  UCF101 (test list 1) and the ImageNet sets match CoOp.
+  vlmbench uses torchvision's 101 classes (and CoOp's 100 on ``coop-test``, as CoOp does).
+* ``coop``: the split files are not shipped (CoOp publishes them on Google Drive); a run without
+  them stops and says where to get them. CoOp's zero-shot CLIP resizes and centre-crops every image
+  to 224 before the model; vlmbench serves EuroSAT at its native 64×64 (the ε-ball on the stored
+  pixels) and the other datasets resized to 224 at load.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vlmbench.data import ZeroShotDataset
+from vlmbench.data import DatasetNotFoundError, ZeroShotDataset
 from vlmbench.errors import VlmbenchError
 from vlmbench.registry import unknown_name_message
 
@@ -94,6 +99,8 @@ _FARE13 = ("cifar10", "cifar100", "stl10", "stanford-cars", "caltech101", "oxfor
            "eurosat", "fgvc-aircraft", "pcam", "imagenet-r", "imagenet-sketch")
 _COOP = ("caltech101", "dtd", "eurosat", "fgvc-aircraft", "flowers102", "food101", "oxford-pets", "stanford-cars",
          "sun397", "ucf101", "imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")
+_COOP_SPLIT = {"caltech101", "dtd", "eurosat", "flowers102", "food101", "oxford-pets", "stanford-cars", "sun397",
+               "ucf101"}  # the datasets with a split_zhou_<Name>.json: evaluated on its test list ("coop-test")
 _ALL22 = (*_TTC16, "imagenet-r", "imagenet-sketch", "imagenet-a", "imagenet-v2", "tinyimagenet", "ucf101")
 _WORLD = ("world-shape", "world-colour", "world-count", "world-texture", "world-size", "world-combo")
 
@@ -110,7 +117,7 @@ PRESETS: dict[str, Preset] = {
                "random", "clip_benchmark", "native",
                "FARE (Schlarmann et al. 2024), chs20/RobustVLM README; CLIP_benchmark; defenses.md §9.1"),
         Preset("coop", "Protocol C (CoOp/TPT lineage): 10 fine-grained datasets + ImageNet and 4 variants, CoOp prompts",
-               tuple(PresetDataset(n) for n in _COOP), "first", "coop", "native",
+               tuple(PresetDataset(n, "coop-test" if n in _COOP_SPLIT else None) for n in _COOP), "first", "coop", "native",
                "CoOp (Zhou et al. 2022) DATASETS.md and trainers/zsclip.py; defenses.md §9.1"),
         Preset("all22", "All 22 real datasets, full default splits, CLIP_benchmark templates, native pixels",
                tuple(PresetDataset(n) for n in _ALL22), "first", "clip_benchmark", "native",
@@ -125,6 +132,21 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise VlmbenchError(unknown_name_message("protocol preset", name, sorted(PRESETS)))
     return PRESETS[name]
+
+
+def missing_datasets_error(errors: Sequence[DatasetNotFoundError]) -> DatasetNotFoundError:
+    """One one-line error for all the missing datasets of a run, so that one attempt shows every fix.
+
+    One error is returned as is; several are joined with `` | `` after a count, and a trailing
+    parenthesis they all end with (such as the README pointer) is written once, at the end.
+    """
+    if len(errors) == 1:
+        return errors[0]
+    messages = [" ".join(str(error).split()) for error in errors]
+    tail = re.search(r" \([^()]*\)$", messages[0])
+    end = tail.group() if tail and all(m.endswith(tail.group()) for m in messages) else ""
+    joined = " | ".join(m.removesuffix(end) for m in messages) if end else " | ".join(messages)
+    return DatasetNotFoundError(f"{len(errors)} datasets missing or incomplete: {joined}{end}")
 
 
 class Resized(ZeroShotDataset):

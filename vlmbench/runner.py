@@ -34,14 +34,15 @@ from vlmbench.adaptive import provides_objective
 from vlmbench.attack import Attack, check_perturbation, parse_attack_name, perturbation_norms
 from vlmbench.classifier import ZeroShotClassifier, cache_dir
 from vlmbench.config import build_config
-from vlmbench.data import DatasetPlugin, ZeroShotDataset
+from vlmbench.data import DatasetNotFoundError, DatasetPlugin, ZeroShotDataset
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
 from vlmbench.cost import inference_cost
 from vlmbench.flags import cell_flags
 from vlmbench.models import ClipModel, ModelPlugin, resolve_model
 from vlmbench.datasets.text import with_templates
-from vlmbench.presets import SELECTIONS, PresetDataset, Resized, balanced_indices, dataset_labels, get_preset
+from vlmbench.presets import (SELECTIONS, PresetDataset, Resized, balanced_indices, dataset_labels, get_preset,
+                              missing_datasets_error)
 from vlmbench.protocol import DataSpec, PluginRef, Protocol, ThreatModel, indices_sha256
 from vlmbench.registry import PluginError, plugins, unknown_name_message
 from vlmbench.targets import NO_TARGET, UNTARGETED, SuperclassLogits, SuperclassMap, choose_targets, parse_target, resolve_superclasses
@@ -211,16 +212,20 @@ def plan(request: RunRequest) -> Plan:
         raise RunError(f"output {request.output} exists and is not a folder")
     models = [resolve_model(spec) for spec in request.models]
     defenses = [_resolve_defense(spec, request) for spec in request.defenses]
-    datasets, data_choices = [], {}
+    datasets, data_choices, missing = [], {}, []
     for entry, choice in _dataset_entries(request):
         plugin: DatasetPlugin = registry.datasets.get(entry.name)
         if entry.split is not None and entry.split not in plugin.splits:
             raise RunError(f"dataset {entry.name!r} has no split {entry.split!r}; its splits: {', '.join(plugin.splits)}")
-        if request.download and plugin.status(request.data_root) == "missing":
-            if request.data_root is None:
-                raise RunError("--download needs --data-root (or VLMBENCH_DATA_ROOT): where to put the files")
-            plugin.download(request.data_root)
-        dataset = plugin.load(request.data_root, entry.split)
+        try:
+            if request.download and plugin.status(request.data_root) == "missing":
+                if request.data_root is None:
+                    raise RunError("--download needs --data-root (or VLMBENCH_DATA_ROOT): where to put the files")
+                plugin.download(request.data_root)
+            dataset = plugin.load(request.data_root, entry.split)
+        except DatasetNotFoundError as exc:  # keep going: one error then names every missing dataset
+            missing.append(exc)
+            continue
         if choice.templates is not None:
             dataset = with_templates(dataset, choice.templates)
         if choice.resize_before_attack:
@@ -229,6 +234,8 @@ def plan(request: RunRequest) -> Plan:
         indices = select_indices(len(dataset), entry.n_samples, choice.selection, request.seed, labels)
         datasets.append((plugin, dataset, indices))
         data_choices[entry.name] = choice
+    if missing:
+        raise missing_datasets_error(missing)
     attack_names = [parse_attack_name(spec, registry.attacks.names())[0] for spec in request.attacks]
     attacks = [
         _resolve_attack(spec, eps, request, attack_names) for spec in request.attacks for eps in request.eps

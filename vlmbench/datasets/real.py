@@ -18,12 +18,20 @@ Pixels (``ZeroShotDataset.pixels``, recorded in ``DataSpec.resolution``):
 
 Labels are read without decoding any image (for class-balanced sample selection).
 
+CoOp's fixed splits (Zhou et al., IJCV 2022): the nine datasets for which CoOp publishes a
+``split_zhou_<Name>.json`` (:data:`COOP_SPLITS`) offer the split :data:`COOP_TEST` = ``"coop-test"``:
+the file's ``test`` list, read from ``<data root>/coop_splits/`` (the files are not shipped; CoOp's
+DATASETS.md links them), over the same images as the dataset's other splits. Its class names are the
+file's, in label order, with ``_`` → space as CoOp's zero-shot classifier writes them; the pixel
+convention is the dataset's.
+
 Missing files raise :class:`~vlmbench.data.DatasetNotFoundError` with a one-line message naming the
 expected folder and how to obtain it; nothing falls back to another split or fewer samples.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +47,8 @@ from vlmbench.datasets import text
 from vlmbench.errors import VlmbenchError
 
 VARIABLE_SIZE = 224  # load-time size of datasets whose images vary in size
+COOP_TEST = "coop-test"  # the split name of CoOp's fixed test lists
+COOP_SPLITS = "coop_splits"  # the folder under the data root that holds CoOp's split files
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -107,6 +117,21 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class CoopSplit:
+    """CoOp's fixed split of one dataset (KaiyangZhou/CoOp, DATASETS.md and ``datasets/<name>.py``).
+
+    The split file is JSON ``{"train", "val", "test"}``, each a list of ``[relative image path, label,
+    class name]``; the paths are relative to CoOp's image folder of the dataset, which is
+    ``images`` (relative to the data root) in vlmbench's layout.
+    """
+
+    file: str  # split_zhou_<Name>.json, looked for in <data root>/coop_splits/
+    images: str  # the folder the paths are relative to, under the data root
+    num_classes: int  # CoOp's class count (Caltech-101: 100, without BACKGROUND_Google and Faces_easy)
+    url: str  # where CoOp publishes the file
+
+
+@dataclass(frozen=True)
 class Opened:
     fetch: Callable[[int], Image.Image]
     labels: Sequence[int]
@@ -125,6 +150,7 @@ class RealDatasetPlugin(DatasetPlugin):
         opener: ``opener(root, split) -> Opened``: reads the split's index (not the images).
         downloader: ``downloader(root)`` fetches the files with the dataset's own loader, or None.
         in_distribution_for: training sets of methods for which this dataset is not zero-shot.
+        coop: CoOp's fixed split of this dataset, offered as split :data:`COOP_TEST`, or None.
     """
 
     def __init__(
@@ -138,10 +164,11 @@ class RealDatasetPlugin(DatasetPlugin):
         opener: Callable[[Path, str], Opened],
         downloader: Callable[[Path], Any] | None = None,
         in_distribution_for: str = "",
+        coop: CoopSplit | None = None,
     ) -> None:
         self.name = name
         self.description = description
-        self.splits = tuple(splits)
+        self.splits = (*splits, COOP_TEST) if coop is not None else tuple(splits)
         self.num_classes = num_classes
         self.native_size = native_size
         self.layout = layout
@@ -149,14 +176,21 @@ class RealDatasetPlugin(DatasetPlugin):
         self.downloader = downloader
         self.can_download = downloader is not None
         self.in_distribution_for = in_distribution_for
+        self.coop = coop
 
     def status(self, data_root: Path | None) -> str:
         return "ready" if data_root is not None and (Path(data_root) / self.layout.folder).exists() else "missing"
 
-    def _missing(self, data_root: Path | None, detail: str = "") -> DatasetNotFoundError:
+    def _missing(self, data_root: Path | None, detail: str = "", also: str = "") -> DatasetNotFoundError:
         where = f"{Path(data_root) / self.layout.folder} not found" if data_root is not None else "no data root given (--data-root or VLMBENCH_DATA_ROOT)"
         fetch = " or run with --download" if self.can_download else ""
-        return DatasetNotFoundError(f"dataset {self.name!r}: {where}{detail}; {self.layout.obtain}{fetch} (README, 'Real datasets')")
+        return DatasetNotFoundError(f"dataset {self.name!r}: {where}{detail}; {self.layout.obtain}{fetch}{also} (README, 'Real datasets')")
+
+    def _coop_file(self, data_root: Path | None) -> tuple[Path, str]:
+        """CoOp's split file under ``data_root`` and how to get it (one clause)."""
+        assert self.coop is not None
+        folder = Path(data_root) / COOP_SPLITS if data_root is not None else Path("<data root>") / COOP_SPLITS
+        return folder / self.coop.file, f"get {self.coop.file} from {self.coop.url} (linked in CoOp's DATASETS.md) into {folder}/"
 
     def download(self, data_root: Path) -> None:
         if self.downloader is None:
@@ -168,17 +202,27 @@ class RealDatasetPlugin(DatasetPlugin):
         split = split or self.splits[0]
         if split not in self.splits:
             raise VlmbenchError(f"dataset {self.name!r} has splits {', '.join(self.splits)}, not {split!r}")
+        split_file, get_split_file = self._coop_file(data_root) if split == COOP_TEST else (None, "")
         if self.status(data_root) != "ready":
-            raise self._missing(data_root)
+            also = f"; for split {COOP_TEST!r} also {get_split_file}" if split_file and not split_file.is_file() else ""
+            raise self._missing(data_root, also=also)
         assert data_root is not None
+        opener, num_classes = self.opener, self.num_classes
+        if split_file is not None:
+            if not split_file.is_file():
+                raise DatasetNotFoundError(f"dataset {self.name!r}, split {COOP_TEST!r}: CoOp's split file {split_file} not found; "
+                                           f"{get_split_file} (README, 'Real datasets')")
+            coop = self.coop
+            assert coop is not None
+            opener, num_classes = (lambda root, _: _coop_test(root, coop)), coop.num_classes
         try:
-            opened = self.opener(Path(data_root), split)
+            opened = opener(Path(data_root), split)
         except ImportError as exc:
             raise VlmbenchError(f"dataset {self.name!r} needs {exc.name}: pip install 'vlmbench[datasets]'") from None
         except (RuntimeError, FileNotFoundError, OSError, KeyError, ValueError) as exc:
             raise self._missing(data_root, f" or incomplete ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-        if len(opened.classnames) != self.num_classes:
-            raise self._missing(data_root, f" or incomplete (found {len(opened.classnames)} classes, expected {self.num_classes})")
+        if len(opened.classnames) != num_classes:
+            raise self._missing(data_root, f" or incomplete (found {len(opened.classnames)} classes, expected {num_classes})")
         if not opened.labels:
             raise self._missing(data_root, f" or incomplete (split {split!r} has no images)")
         templates, _ = text.text_for("clip_benchmark", self.name)
@@ -337,6 +381,11 @@ def _tinyimagenet(root: Path, split: str) -> Opened:
     return _opened_files(paths, labels, names)
 
 
+def _ucf101_folder(action: str) -> str:
+    """CoOp's middle-frame folder of a UCF101 action: ``ApplyEyeMakeup`` → ``Apply_Eye_Makeup``."""
+    return "_".join(re.findall(r"[A-Z][^A-Z]*", action)) or action
+
+
 def _ucf101(root: Path, split: str) -> Opened:
     base = root / "ucf101"
     classes = {}
@@ -345,18 +394,39 @@ def _ucf101(root: Path, split: str) -> Opened:
             number, folder = line.split()
             classes[folder] = int(number) - 1
     folders = sorted(classes, key=classes.get)
-    names = [" ".join(re.findall(r"[A-Z][^A-Z]*", folder)) or folder for folder in folders]  # ApplyEyeMakeup → Apply Eye Makeup
+    names = [_ucf101_folder(folder).replace("_", " ") for folder in folders]  # ApplyEyeMakeup → Apply Eye Makeup
     paths, labels = [], []
     for line in (base / "ucfTrainTestlist" / "testlist01.txt").read_text().splitlines():
         if line.strip():
-            video = line.split()[0]
-            folder = video.split("/")[0]
-            paths.append(base / "UCF-101-midframes" / Path(video).with_suffix(".jpg"))
+            folder, video = line.split()[0].split("/")
+            paths.append(base / "UCF-101-midframes" / _ucf101_folder(folder) / Path(video).with_suffix(".jpg"))
             labels.append(classes[folder])
     missing = [p for p in paths[:1] + paths[-1:] if not p.exists()]
     if missing:
         raise FileNotFoundError(f"middle frame {missing[0]} missing")
     return _opened_files(paths, labels, names)
+
+
+def _coop_test(root: Path, coop: CoopSplit) -> Opened:
+    """The ``test`` list of CoOp's split file; class names from all three lists (CoOp writes ``_`` as space)."""
+    split = json.loads((root / COOP_SPLITS / coop.file).read_text(encoding="utf-8"))
+    names: dict[int, str] = {}
+    for _, label, name in (*split["train"], *split["val"], *split["test"]):
+        if names.setdefault(int(label), name) != name:
+            raise ValueError(f"{coop.file}: label {label} is named both {names[int(label)]!r} and {name!r}")
+    if sorted(names) != list(range(len(names))):
+        raise ValueError(f"{coop.file}: labels are not 0..{len(names) - 1}")
+    base = root / coop.images
+    paths = [base / path.lstrip("/\\") for path, _, _ in split["test"]]
+    labels = [int(label) for _, label, _ in split["test"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} images of {coop.file}'s test list missing, e.g. {missing[0]}")
+    return _opened_files(paths, labels, [names[k].replace("_", " ") for k in range(len(names))])
+
+
+def _coop(file: str, images: str, num_classes: int, drive_id: str) -> CoopSplit:
+    return CoopSplit(file, images, num_classes, f"https://drive.google.com/file/d/{drive_id}/view")
 
 
 # --- the registry ---------------------------------------------------------------------------------
@@ -366,8 +436,8 @@ _TV = "torchvision.datasets.{} (download=True supported)"
 
 def _plugin(name: str, description: str, splits: Sequence[str], num_classes: int, native: int | None,
             layout: Layout, opener: Callable[[Path, str], Opened], downloader: Callable[[Path], Any] | None = None,
-            in_distribution_for: str = "") -> RealDatasetPlugin:
-    return RealDatasetPlugin(name, description, splits, num_classes, native, layout, opener, downloader, in_distribution_for)
+            in_distribution_for: str = "", coop: CoopSplit | None = None) -> RealDatasetPlugin:
+    return RealDatasetPlugin(name, description, splits, num_classes, native, layout, opener, downloader, in_distribution_for, coop)
 
 
 CIFAR10 = _plugin("cifar10", "CIFAR-10 test (10k, 32x32)", ("test", "train"), 10, 32,
@@ -389,7 +459,8 @@ IMAGENET = _plugin("imagenet", "ImageNet-1k validation (50k, resized to 224)", (
 CALTECH101 = _plugin("caltech101", "Caltech-101, all images (8.7k, 101 classes without background, resized to 224)", ("all",), 101, None,
                      Layout("caltech101/101_ObjectCategories", "get caltech-101.zip from https://data.caltech.edu/records/mzrjq-6wc02 and unpack 101_ObjectCategories.tar.gz into caltech101/",
                             "caltech101/101_ObjectCategories/<category>/image_0001.jpg ..."),
-                     _caltech101, _downloader("Caltech101"))
+                     _caltech101, _downloader("Caltech101"),
+                     coop=_coop("split_zhou_Caltech101.json", "caltech101/101_ObjectCategories", 100, "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN"))
 CALTECH256 = _plugin("caltech256", "Caltech-256, all images (30.6k, 257 classes incl. clutter, resized to 224)", ("all",), 257, None,
                      Layout("caltech256/256_ObjectCategories", "get 256_ObjectCategories.tar from https://data.caltech.edu/records/nyy15-4j048 and unpack it into caltech256/",
                             "caltech256/256_ObjectCategories/001.ak47/001_0001.jpg ..."),
@@ -397,11 +468,13 @@ CALTECH256 = _plugin("caltech256", "Caltech-256, all images (30.6k, 257 classes 
 OXFORD_PETS = _plugin("oxford-pets", "Oxford-IIIT Pets test (3.7k, 37 breeds, resized to 224)", ("test", "trainval"), 37, None,
                       Layout("oxford-iiit-pet", "get images.tar.gz and annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/ and unpack both into oxford-iiit-pet/",
                              "oxford-iiit-pet/{images/*.jpg, annotations/{test,trainval}.txt}"),
-                      _pets, _downloader("OxfordIIITPet", split="test"))
+                      _pets, _downloader("OxfordIIITPet", split="test"),
+                      coop=_coop("split_zhou_OxfordPets.json", "oxford-iiit-pet/images", 37, "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs"))
 FLOWERS102 = _plugin("flowers102", "Oxford Flowers-102 test (6.1k, resized to 224)", ("test", "val", "train"), 102, None,
                      Layout("flowers-102", "get 102flowers.tgz, imagelabels.mat and setid.mat from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ into flowers-102/ and unpack the .tgz there",
                             "flowers-102/{jpg/image_00001.jpg ..., imagelabels.mat, setid.mat}"),
-                     _flowers, _downloader("Flowers102", split="test"))
+                     _flowers, _downloader("Flowers102", split="test"),
+                     coop=_coop("split_zhou_OxfordFlowers.json", "flowers-102/jpg", 102, "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT"))
 FGVC_AIRCRAFT = _plugin("fgvc-aircraft", "FGVC-Aircraft test (3.3k, 100 variants, resized to 224)", ("test", "val", "train", "trainval"), 100, None,
                         Layout("fgvc-aircraft-2013b", "get fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ and unpack it in the data root",
                                "fgvc-aircraft-2013b/data/{images/*.jpg, variants.txt, images_variant_test.txt, ...}"),
@@ -409,11 +482,12 @@ FGVC_AIRCRAFT = _plugin("fgvc-aircraft", "FGVC-Aircraft test (3.3k, 100 variants
 STANFORD_CARS = _plugin("stanford-cars", "Stanford Cars test (8k, 196 models, resized to 224)", ("test", "train"), 196, None,
                         Layout("stanford_cars", "the original site is gone: get cars_test/, devkit/ and cars_test_annos_withlabels.mat from a mirror (e.g. Kaggle 'stanford-cars-dataset') into stanford_cars/",
                                "stanford_cars/{cars_test/00001.jpg ..., cars_test_annos_withlabels.mat, devkit/cars_meta.mat}"),
-                        _cars)
+                        _cars, coop=_coop("split_zhou_StanfordCars.json", "stanford_cars", 196, "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT"))
 SUN397 = _plugin("sun397", "SUN397, all images (108.8k, resized to 224)", ("all",), 397, None,
                  Layout("SUN397", "get http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz and unpack it in the data root",
                         "SUN397/{ClassName.txt, a/abbey/sun_*.jpg, ...}"),
-                 _sun397, _downloader("SUN397"))
+                 _sun397, _downloader("SUN397"),
+                 coop=_coop("split_zhou_SUN397.json", "SUN397", 397, "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq"))
 COUNTRY211 = _plugin("country211", "Country211 test (21.1k, resized to 224)", ("test", "valid", "train"), 211, None,
                      Layout("country211", "get https://openaipublic.azureedge.net/clip/data/country211.tgz and unpack it in the data root",
                             "country211/test/<ISO code>/*.jpg"),
@@ -421,15 +495,18 @@ COUNTRY211 = _plugin("country211", "Country211 test (21.1k, resized to 224)", ("
 FOOD101 = _plugin("food101", "Food-101 test (25.3k, resized to 224)", ("test", "train"), 101, None,
                   Layout("food-101", "get http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz and unpack it in the data root",
                          "food-101/{images/<class>/<id>.jpg, meta/{test,train}.json}"),
-                  _food101, _downloader("Food101", split="test"))
+                  _food101, _downloader("Food101", split="test"),
+                  coop=_coop("split_zhou_Food101.json", "food-101/images", 101, "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl"))
 EUROSAT = _plugin("eurosat", "EuroSAT RGB, all images (27k, 64x64)", ("all",), 10, 64,
                   Layout("eurosat/2750", "get https://huggingface.co/datasets/torchgeo/eurosat/resolve/main/EuroSAT.zip and unpack it into eurosat/",
                          "eurosat/2750/<class>/<class>_<n>.jpg"),
-                  _eurosat, _downloader("EuroSAT"))
+                  _eurosat, _downloader("EuroSAT"),
+                  coop=_coop("split_zhou_EuroSAT.json", "eurosat/2750", 10, "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o"))
 DTD = _plugin("dtd", "Describable Textures test, partition 1 (1.9k, resized to 224)", ("test", "val", "train"), 47, None,
               Layout("dtd/dtd", "get https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz and unpack it into dtd/",
                      "dtd/dtd/{images/<class>/*.jpg, labels/test1.txt, ...}"),
-              _dtd, _downloader("DTD", split="test"))
+              _dtd, _downloader("DTD", split="test"),
+              coop=_coop("split_zhou_DescribableTextures.json", "dtd/dtd/images", 47, "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x"))
 PCAM = _plugin("pcam", "PatchCamelyon test (32.8k, 96x96)", ("test", "val", "train"), 2, 96,
                Layout("pcam", "get camelyonpatch_level_2_split_test_{x,y}.h5.gz from https://github.com/basveeling/pcam, gunzip them into pcam/ (needs h5py)",
                       "pcam/camelyonpatch_level_2_split_test_{x,y}.h5"),
@@ -456,8 +533,8 @@ TINYIMAGENET = _plugin("tinyimagenet", "TinyImageNet validation (10k, 200 classe
                        _tinyimagenet, in_distribution_for="TinyImageNet (PMG-AFT, TGA-ZSR, HPT-GPD, and TeCoA as re-trained by TTC)")
 UCF101 = _plugin("ucf101", "UCF101 middle frames, test list 1 (3.8k, resized to 224)", ("test",), 101, None,
                  Layout("ucf101/UCF-101-midframes", "get CoOp's UCF-101-midframes.zip (https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md) and UCF101TrainTestSplits-RecognitionTask.zip (https://www.crcv.ucf.edu/data/UCF101.php) into ucf101/",
-                        "ucf101/{UCF-101-midframes/<Class>/v_<Class>_gXX_cYY.jpg, ucfTrainTestlist/{classInd.txt,testlist01.txt}}"),
-                 _ucf101)
+                        "ucf101/{UCF-101-midframes/<Class_Words>/v_<ClassWords>_gXX_cYY.jpg, ucfTrainTestlist/{classInd.txt,testlist01.txt}}"),
+                 _ucf101, coop=_coop("split_zhou_UCF101.json", "ucf101/UCF-101-midframes", 101, "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y"))
 
 DATASETS: dict[str, RealDatasetPlugin] = {
     plugin.name: plugin for plugin in (
