@@ -100,11 +100,14 @@ def pgd(
     generator: torch.Generator,
     eot_draws: int = 1,
     targeted: bool = False,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run PGD with ``threat``'s budget and return ``x_adv`` (see the module docstring).
 
     ``y`` are the true labels, or with ``targeted`` the target classes; ``loss_fn`` is given them
     and a restart succeeds on a sample when the prediction differs from the label (equals the target).
+    ``start`` (images in the ε-ball around ``x``): where the first restart begins instead of a random
+    point (the adaptive track starts from the oblivious attack's result); later restarts start randomly.
 
     With ``eot_draws = n > 1`` every step evaluates the batch ``n`` times (one forward pass of a
     batch ``n`` times as large) and ascends the summed loss: the EOT estimate of the expected loss's
@@ -120,7 +123,11 @@ def pgd(
         if len(index) == 0:
             break
         xr, yr = x[index], y[index]
-        delta = random_start(xr, threat, generator) if threat.random_start else torch.zeros_like(xr)
+        if restart == 0 and start is not None:
+            delta = project(start[index] - xr, threat)
+            delta = (xr + delta).clamp(0, 1) - xr
+        else:
+            delta = random_start(xr, threat, generator) if threat.random_start else torch.zeros_like(xr)
         for _ in range(threat.steps):
             delta.requires_grad_(True)
             logits, extra = logits_and_objective(model, (xr + delta).repeat(eot_draws, 1, 1, 1))
@@ -152,13 +159,13 @@ class PGD(Attack):
     name: ClassVar[str] = "pgd"
     description: ClassVar[str] = "PGD on cross-entropy (Madry et al. 2018), l-inf/l2, random start, restarts"
 
-    honours: ClassVar[frozenset[str]] = Attack.honours | {"defense_loss", "targeted"}
+    honours: ClassVar[frozenset[str]] = Attack.honours | {"defense_loss", "targeted", "start"}
 
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-                target: torch.Tensor | None = None) -> torch.Tensor:
+                target: torch.Tensor | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
         if target is not None:
-            return pgd(model, x, target, self.threat, targeted_cross_entropy_loss, generator, self.eot_draws, True)
-        return pgd(model, x, y, self.threat, cross_entropy_loss, generator, self.eot_draws)
+            return pgd(model, x, target, self.threat, targeted_cross_entropy_loss, generator, self.eot_draws, True, start)
+        return pgd(model, x, y, self.threat, cross_entropy_loss, generator, self.eot_draws, start=start)
 
 
 @dataclass(frozen=True)
@@ -177,13 +184,13 @@ class CW(Attack):
     description: ClassVar[str] = "'CW' of TeCoA/TTC: PGD on the margin loss, kappa=50 (not Carlini-Wagner L2)"
     Config: ClassVar[type] = CWConfig
 
-    honours: ClassVar[frozenset[str]] = Attack.honours | {"defense_loss", "targeted"}
+    honours: ClassVar[frozenset[str]] = Attack.honours | {"defense_loss", "targeted", "start"}
 
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-                target: torch.Tensor | None = None) -> torch.Tensor:
+                target: torch.Tensor | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
         kappa = self.config.kappa
         if target is not None:
             return pgd(model, x, target, self.threat, lambda z, t: targeted_margin_loss(z, t, kappa), generator,
-                       self.eot_draws, True)
+                       self.eot_draws, True, start)
         return pgd(model, x, y, self.threat, lambda z, labels: margin_loss(z, labels, kappa), generator,
-                   self.eot_draws)
+                   self.eot_draws, start=start)

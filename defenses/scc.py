@@ -64,7 +64,7 @@ class SCCConfig:
     eps: float = 4 / 255
     steps: int = 2
     step_size: float = 1 / 255
-    tau_loss_weight: float = 10.0
+    tau_loss_weight: float = 0.0
     tau_margin: float = 0.05
 
     def __post_init__(self) -> None:

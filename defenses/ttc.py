@@ -22,8 +22,11 @@ identity surrogate for ``x ↦ x + Δ(x)`` (the unrolled loop's exact derivative
 almost everywhere). ``tau-threshold``: the gate has no gradient; the attacker's gradient goes through the
 branch taken, and the defense-aware objective (``forward_with_objective``)
 ``λ · min(τ(x) − τ_th − m, 0)``, differentiable in ``x`` for the drawn δ₀, pushes τ above the threshold
-so the attacked image is routed to the noise-only branch (``tau_loss_weight`` λ = 0 disables it).
-Unspecified by the paper (defaults chosen here): λ = 10, margin m = 0.05.
+so the attacked image is routed to the noise-only branch (``tau_loss_weight`` λ > 0 enables it).
+Unspecified by the paper (defaults chosen here): λ = 0, margin m = 0.05 — the term is off by default
+because on the embedded world it made the adaptive attack weaker, not stronger (docs/defenses.md#ttc:
+clean τ there is mostly below τ_th, so the noise-only branch is out of reach and the term only pulls
+the attack away from the cross-entropy). The adaptive track starts from the oblivious attack's result.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class TTCConfig:
     tau_threshold: float = 0.2
     beta: float = 2.0
     tau_encoder: str = "original"
-    tau_loss_weight: float = 10.0
+    tau_loss_weight: float = 0.0
     tau_margin: float = 0.05
 
     def __post_init__(self) -> None:

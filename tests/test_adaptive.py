@@ -57,8 +57,9 @@ def test_adaptive_attack_beats_oblivious_on_toy_defenses(defense, tmp_path):
     adaptive = Protocol.from_json(rows.loc[rows["track"] == "adaptive", "protocol"].iloc[0])
     assert adaptive.track == "adaptive"
     assert adaptive.eot_draws == (5 if defense == "toy-noise" else 1)  # EOT only where the defense is random
+    assert adaptive.start == "oblivious"  # the adaptive attack starts from the oblivious one's result
     backward = rows.loc[rows["track"] == "adaptive", "backward_passes"]
-    assert (backward == 10 * adaptive.eot_draws).all()
+    assert (backward == 10 + 10 * adaptive.eot_draws).all()  # 10 oblivious steps, then 10 EOT-averaged ones
 
 
 def test_defaults_and_bad_track_options(tmp_path):

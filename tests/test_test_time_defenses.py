@@ -16,7 +16,7 @@ from vlmbench.protocol import Protocol
 
 PLUGINS = Path(__file__).parent / "plugins"
 BASE = ["run", "--model", "world-rn", "--dataset", "world-colour", "--attack", "pgd-2", "--eps", "4/255",
-        "--threads", "1", "--eot", "2"]
+        "--threads", "1", "--eot", "2", "--no-eps-sweep"]  # the sweep is tested in test_targets
 
 
 def _run(tmp_path: Path, *args: str):
@@ -25,14 +25,17 @@ def _run(tmp_path: Path, *args: str):
     return result, results.load_results(tmp_path)
 
 
-@pytest.mark.parametrize(("defense", "passes", "random"), [("ttc", (5, 2), True), ("scc", (14, 4), True),
-                                                           ("clipure_cos", (1, 0), False)])
-def test_each_defense_runs_in_both_tracks_with_its_cost_recorded(defense, passes, random, tmp_path):
-    output, rows = _run(tmp_path, "--defense", defense, "--samples", "4")
+@pytest.mark.parametrize(("defense", "passes", "random", "tau_term"),
+                         [("ttc", (5, 2), True, True), ("scc", (14, 4), True, False), ("clipure_cos", (1, 0), False, False)])
+def test_each_defense_runs_in_both_tracks_with_its_cost_recorded(defense, passes, random, tau_term, tmp_path):
+    # TTC's τ term is off by default (docs/defenses.md#ttc); switched on here, it is used and recorded
+    extra = ["--defense-param", "tau_loss_weight=1"] if tau_term else []
+    output, rows = _run(tmp_path, "--defense", defense, "--samples", "4", *extra)
     assert set(rows["track"]) == {"oblivious", "adaptive"}
     adaptive = Protocol.from_json(rows.loc[rows["track"] == "adaptive", "protocol"].iloc[0])
     assert adaptive.eot_draws == (2 if random else 1)
-    assert adaptive.defense_loss == random  # TTC's τ term (SCC: its warm-up's); CLIPure has none
+    assert adaptive.defense_loss == tau_term
+    assert adaptive.start == "oblivious"
     # one clean prediction: TTC = f(x), f(x+δ₀), 2 counterattack steps, the classification;
     # SCC = TTC's warm-up without the classification (4), 4 views, 2 margin steps, 4 final views
     assert set(rows["infer_forward_passes"]) == {passes[0]} and set(rows["infer_backward_passes"]) == {passes[1]}

@@ -42,7 +42,9 @@ class Attack(ABC):
         honours: the optional settings the attack obeys (``step_size``, ``restarts``,
             ``random_start``, ``eot``: averaging gradients over draws of a random defense;
             ``defense_loss``: adding a defense's own objective on the adaptive track, see
-            :mod:`vlmbench.adaptive`; ``targeted``: the target modes of :mod:`vlmbench.targets`).
+            :mod:`vlmbench.adaptive`; ``targeted``: the target modes of :mod:`vlmbench.targets`;
+            ``start``: beginning from given images, which the adaptive track uses to start from the
+            oblivious attack's result).
             Setting one it does not honour is an error; in the protocol record a step size it does
             not use is 0 (adaptive, e.g. APGD) and its restarts are in its params.
 
@@ -80,6 +82,8 @@ class Attack(ABC):
             generator: the only source of randomness (seeded per batch by the runner), on ``x.device``.
             target: (keyword, only passed to attacks that honour ``targeted``) the class ``(N,)``
                 each image should be classified as; the attack then aims at it instead of away from ``y``.
+            start: (keyword, only passed to attacks that honour ``start``) images in the ε-ball around
+                ``x`` where the attack begins instead of its own starting point.
 
         Returns:
             ``x_adv`` of the same shape and dtype, within ``threat.eps`` of ``x`` in ``threat.norm``

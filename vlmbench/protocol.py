@@ -214,6 +214,10 @@ class Protocol:
         defense_loss: the adaptive attack added the defense's own objective to its loss
             (:mod:`vlmbench.adaptive`); False on other tracks, for defenses without one, and for
             attacks that cannot use one.
+        start: where the attack began: ``"attack"`` (its own rule: random or clean, per the threat
+            model) or ``"oblivious"`` (adaptive track: from the oblivious attack's adversarial example,
+            crafted on the classifier without test-time defenses — Croce et al. 2022's recommended
+            initialisation for attacking test-time defenses; its passes are counted).
         source: the model the attack was crafted on (transfer track), with the defense it carried
             (``params.defense``), else None.
         target: ``untargeted``, ``random``, ``least-likely`` or ``label:K`` (:mod:`vlmbench.targets`).
@@ -236,6 +240,7 @@ class Protocol:
     track: Track = "oblivious"
     eot_draws: int = 1
     defense_loss: bool = False
+    start: str = "attack"
     source: PluginRef | None = None
     target: str = "untargeted"
     superclasses: dict[str, Any] | None = None

@@ -537,6 +537,7 @@ def execute(
                         eot_draws=eot,
                         defense_loss=(track == "adaptive" and provides_objective(defended)
                                       and "defense_loss" in attack.cls.honours),
+                        start="oblivious" if track == "adaptive" and "start" in attack.cls.honours else "attack",
                         source=_source_ref(plan_, source),
                         target=target_mode,
                         superclasses=superclasses.record() if superclasses is not None else None,
@@ -720,27 +721,36 @@ def _attack(
 ) -> tuple[torch.Tensor, torch.Tensor, _PassCounter]:
     """Adversarial images of the cell's attack (label space, target mode, tracks) for ``x``.
 
+    On the adaptive track with ``protocol.start == "oblivious"`` the attack first runs on the classifier
+    without its test-time defenses, and the adaptive attack starts from that result (its passes count).
+
     Returns ``(x_adv, target, counter)``: ``target`` is the aimed class per image (``-1``: untargeted,
     or not attacked because the image's label is the target); images with ``skip`` set, or with no
     target in a targeted mode, are returned unchanged.
     """
     protocol = cell.protocol
-    crafting: torch.nn.Module = _crafting_model(cell)
-    labels = y
-    if cell.superclasses is not None:
-        crafting, labels = SuperclassLogits(crafting, cell.superclasses), cell.superclasses.of(y)
-    counter = _PassCounter(crafting, objective=protocol.defense_loss)
+    labels = y if cell.superclasses is None else cell.superclasses.of(y)
+
+    def in_label_space(model: torch.nn.Module) -> torch.nn.Module:
+        return model if cell.superclasses is None else SuperclassLogits(model, cell.superclasses)
+
+    counter = _PassCounter(in_label_space(_crafting_model(cell)), objective=protocol.defense_loss)
     target = torch.full_like(y, NO_TARGET)
     attacked = torch.ones_like(y, dtype=torch.bool) if skip is None else ~skip
     if protocol.target != UNTARGETED and attacked.any():
         with torch.no_grad():
-            clean_logits = crafting(x)
+            clean_logits = counter.inner(x)
         target = torch.where(attacked, choose_targets(protocol.target, y, clean_logits, generator), target)
         attacked &= target != NO_TARGET
     x_adv = x.clone()
     if attacked.any():
         index = attacked.nonzero().squeeze(1)
         extra = {"target": target[index]} if protocol.target != UNTARGETED else {}
+        if protocol.start == "oblivious":
+            warm = _PassCounter(in_label_space(cell.classifier))
+            extra["start"] = attack.build().perturb(warm, x[index], labels[index], generator, **extra).detach()
+            counter.forward_images += warm.forward_images
+            counter.backward_images += warm.backward_images
         x_adv[index] = attack.build(protocol.eot_draws).perturb(counter, x[index], labels[index], generator, **extra).detach()
     return x_adv, target, counter
 
