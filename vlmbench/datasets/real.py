@@ -3,8 +3,8 @@
 Every dataset is a :class:`RealDatasetPlugin`: where torchvision has a loader it is used unchanged
 (its file checks, md5 included, run as they do for any torchvision user); the ImageNet family,
 TinyImageNet and UCF-101 have small loaders here that read the layouts the datasets ship in.
-``DATASETS`` maps each name to its plugin; :data:`LAYOUTS` documents each layout (README
-"Real datasets" repeats it).
+``DATASETS`` maps each name to its plugin; each plugin's :class:`Layout` gives its folder under the
+data root, the expected files and how to obtain them (README "Real datasets" lists them all).
 
 Pixels (``ZeroShotDataset.pixels``, recorded in ``DataSpec.resolution``):
 
