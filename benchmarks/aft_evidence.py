@@ -45,7 +45,7 @@ ROWS: list[tuple[str, str, tuple[str, ...]]] = [
     ("HPT (no GPD)", "hpt_gpd", ("gpd=false",)),
     ("HPT-GPD", "hpt_gpd", ()),
 ]
-HOMOGENEOUS = ("HPT-GPD, homogeneous proxy", "hpt_gpd", ("proxy=homogeneous",))
+HOMOGENEOUS = ("HPT-GPD (homogeneous proxy)", "hpt_gpd", ("proxy=homogeneous",))
 EPS = ("1/255", "2/255", "4/255")
 
 

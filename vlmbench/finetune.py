@@ -643,6 +643,8 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
     report = _REPORTER.get()
     run_key = f"{defense.name}:{folder.name}"
     began = time.perf_counter()
+    if report is not None:
+        report(run_key, f"training {defense.name}", start_step, len(plan))
     for step in range(start_step, len(plan)):
         if stop_after is not None and step >= stop_after:
             break
