@@ -594,7 +594,7 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
         context: cache folder, device, seed, data root, original model.
         settings: the resolved hyperparameters.
         stop_after: stop (as if interrupted) after this many global steps, leaving the resume
-            checkpoint; for tests of resumption.
+            checkpoint and returning the partly trained model; for tests of resumption.
 
     Returns:
         The fine-tuned :class:`ClipModel` (frozen, float32) with a new fingerprint.
@@ -679,7 +679,7 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
         if report is not None:
             report(run_key, f"training {defense.name} · {phase.name} · loss {loss.item():.4f}", done, len(plan))
     else:
-        return _finish(folder, key, student_module, trained, model, rows, time.perf_counter() - began)
+        return _finish(folder, key, trained, model, rows, time.perf_counter() - began)
     return _adapted(model, {k: p.detach() for k, p in trained.items()})
 
 
@@ -695,8 +695,9 @@ def _frozen(params: dict[str, torch.nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def _finish(folder: Path, key: dict[str, Any], module: torch.nn.Module, trained: dict[str, torch.nn.Parameter],
-            model: ClipModel, rows: list[dict[str, Any]], wall: float) -> ClipModel:
+def _finish(folder: Path, key: dict[str, Any], trained: dict[str, torch.nn.Parameter], model: ClipModel,
+            rows: list[dict[str, Any]], wall: float) -> ClipModel:
+    """Write the weights, the loss curve and the record (each atomically), drop the resume file."""
     from safetensors.torch import save_file
 
     state = {k: p.detach().cpu().contiguous() for k, p in trained.items()}
