@@ -28,7 +28,7 @@ its shipped recipe with another seed (``homogeneous_seed``; trained once and cac
 
 Paper preset (commit 9fb0669): TinyImageNet, batch 256, 10 epochs (3910 steps), SGD lr 5e-5, warm-up
 1000, ε = 2/255, 5 steps of 1/255, temperature 1 (cosine logits), anchor weight 0.001.
-World preset: :data:`WORLD` (the model's learned logit scale).
+World preset: :data:`WORLD` (the budget tuned to the world; temperature 1 as in commit 9fb0669).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ PAPER = Settings(
 )
 WORLD = Settings(
     data="world-combo", batch_size=64, steps=150, lr=2e-4, warmup=15, optimizer="adamw", weight_decay=0.0,
-    train_eps=2 / 255, attack="pgd", attack_steps=2, attack_step_size=1 / 255, logit_scale=0.0, trainable="visual",
+    train_eps=2 / 255, attack="pgd", attack_steps=2, attack_step_size=1 / 255, logit_scale=1.0, trainable="visual",
 )
 PROXY_FOR = {"world-vit": "world-rn", "world-rn": "world-vit"}
 REAL_PROXY = "ViT-B-16:openai"

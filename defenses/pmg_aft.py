@@ -12,8 +12,9 @@ similarities without the ×100 scale (``logit_scale=1``). The weights of the two
 paper) are exposed as ``w_original`` and ``w_clean``; as in the code the clean-logit teacher is detached.
 
 Paper preset: TinyImageNet, batch 256, ε = 1/255, 2 steps of 1/255, 10 epochs (3910 steps), SGD lr
-5e-5, warm-up 1000, temperature 1. World preset: :data:`WORLD` (the model's learned logit scale: with
-temperature 1 the world's tiny models barely move in 150 steps).
+5e-5, warm-up 1000, temperature 1. World preset: :data:`WORLD` (the budget tuned to the world, the
+paper's temperature 1 kept: on the world's val splits it keeps clean accuracy far better than the
+model's learned scale, 74.5 vs 59.5%, at similar PGD-10 robustness, 41.7 vs 40.1% at 1/255).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PAPER = Settings(
 )
 WORLD = Settings(
     data="world-combo", batch_size=64, steps=150, lr=2e-4, warmup=15, optimizer="adamw", weight_decay=0.0,
-    train_eps=2 / 255, attack="pgd", attack_steps=2, attack_step_size=1 / 255, logit_scale=0.0, trainable="visual",
+    train_eps=2 / 255, attack="pgd", attack_steps=2, attack_step_size=1 / 255, logit_scale=1.0, trainable="visual",
 )
 
 
