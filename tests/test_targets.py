@@ -164,6 +164,13 @@ def test_eps_sweep_flags_an_attack_that_weakens_with_eps(tmp_path):
     assert "eps-not-monotone" not in sound["flags"].iloc[0]
 
 
+def test_eps_sweep_stops_at_the_unit_box(tmp_path):
+    """A large ℓ∞ ε whose 4x would leave [0,1]: the sweep ends there instead of failing the run."""
+    rows, _ = _run(tmp_path, "--model", "world-rn", "--dataset", "world-size", "--samples", "4", "--eps", "0.4",
+                   "--attack", "pgd-1")
+    assert len(rows) == 4
+
+
 def test_transfer_from_a_defended_source_is_recorded(tmp_path):
     rows, _ = _run(tmp_path, "--model", "world-vit", "--dataset", "world-colour", "--samples", "8",
                    "--attack", "pgd-3", "--source-model", "world-rn", "--source-defense", "toy-quantise",

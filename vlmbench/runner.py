@@ -522,7 +522,7 @@ def execute(
                 for attack, track in ((a, t) for a in plan_.attacks for t in defense.tracks):
                     eot = defense.eot_draws if track == "adaptive" else 1
                     stage = (track, attack.threat.eps_label)
-                    cascade_after = tuple(earlier.get(stage, ())) if request.cascade else ()
+                    cascade_after = tuple(earlier.get(stage, ()))
                     protocol = Protocol(
                         model=PluginRef(model_plugin.name, original.fingerprint),
                         defense=PluginRef(defense.spec, "+".join(p.version for p in defense.parts),
@@ -547,12 +547,13 @@ def execute(
                     if on_cell:
                         on_cell(protocol, len(indices))
                     cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device, source_classifier,
-                                 superclasses, broken.get(stage, {}) if request.cascade else {}, request.eps_sweep)
+                                 superclasses, broken.get(stage, {}), request.eps_sweep)
                     outcome = _run_cell(cell, request.output, meta, on_advance)
                     outcomes.append(outcome)
-                    earlier.setdefault(stage, []).append(attack.spec)
-                    done = outcome.rows[~outcome.rows["robust"]]
-                    broken.setdefault(stage, {}).update(zip(done["sample_index"].tolist(), done["adv_pred"].tolist()))
+                    if request.cascade:
+                        earlier.setdefault(stage, []).append(attack.spec)
+                        done = outcome.rows[~outcome.rows["robust"]]
+                        broken.setdefault(stage, {}).update(zip(done["sample_index"].tolist(), done["adv_pred"].tolist()))
     return outcomes
 
 
@@ -571,11 +572,11 @@ def _defended_source(plan_: Plan) -> tuple[ClipModel | None, DefenseContext | No
 
 def _source_ref(plan_: Plan, source: ClipModel | None) -> PluginRef | None:
     """The transfer source in the protocol record: model spec, weights fingerprint, and its defense."""
-    if source is None:
+    if source is None or plan_.source is None:
         return None
     defense = plan_.source_defense
     params = {} if defense is None else {"defense": defense.spec, "defense_params": {p.name: p.params() for p in defense.parts}}
-    return PluginRef(plan_.source.name if plan_.source else source.name, source.fingerprint, params)
+    return PluginRef(plan_.source.name, source.fingerprint, params)
 
 
 @dataclass(frozen=True)
@@ -680,13 +681,16 @@ def _crafting_model(cell: _Cell) -> torch.nn.Module:
     return cell.classifier if cell.protocol.track == "oblivious" else cell.defended
 
 
+def _in_label_space(cell: _Cell, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` as the cell's attack sees it: its logits pooled to superclasses when the cell has a map."""
+    return model if cell.superclasses is None else SuperclassLogits(model, cell.superclasses)
+
+
 def _measure_cell_flags(cell: _Cell, indices: list[int], seed: int) -> str:
     torch.manual_seed(seed)
     x, y = _load_batch(cell, indices)
-    crafting = _crafting_model(cell)
-    if cell.superclasses is not None:
-        crafting, y = SuperclassLogits(crafting, cell.superclasses), cell.superclasses.of(y)
-    found = cell_flags(cell.defended, crafting, x, y)
+    labels = y if cell.superclasses is None else cell.superclasses.of(y)
+    found = cell_flags(cell.defended, _in_label_space(cell, _crafting_model(cell)), x, labels)
     if cell.eps_sweep and cell.attack.cls.name != "none":
         found += _eps_sweep_flags(cell, x[:SWEEP_SAMPLES], y[:SWEEP_SAMPLES], seed)
     return ";".join(found)
@@ -706,14 +710,14 @@ def _eps_sweep_flags(cell: _Cell, x: torch.Tensor, y: torch.Tensor, seed: int) -
     default_rule = threat.steps > 0 and threat.step_size == default_step_size(threat.norm, threat.eps, threat.steps)
     for factor in SWEEP_FACTORS:
         eps = threat.eps * factor
+        if threat.norm == "linf" and eps > 1:  # beyond the [0,1] box: the sweep ends here
+            break
         # the step-size rule at the larger ε when the cell used it, else the cell's step scaled alike
         step = default_step_size(threat.norm, eps, threat.steps) if default_rule else threat.step_size * factor
         scaled = replace(threat, eps=eps, eps_label=f"{factor}x{threat.eps_label}", step_size=step)
-        if scaled.norm == "linf" and scaled.eps > 1:
-            break
         torch.manual_seed(seed)
         generator = torch.Generator(device=cell.device).manual_seed(seed)
-        x_adv, _, _ = _attack(cell, x, y, replace(cell.attack, threat=scaled), generator)
+        x_adv, _, _, _ = _attack(cell, x, y, replace(cell.attack, threat=scaled), generator)
         with torch.no_grad():
             robust.append(int((cell.defended(x_adv).argmax(dim=1) == y).sum()))
     rises = [f for f, a, b in zip(SWEEP_FACTORS[1:], robust, robust[1:]) if b > a + SWEEP_TOLERANCE]
@@ -723,23 +727,20 @@ def _eps_sweep_flags(cell: _Cell, x: torch.Tensor, y: torch.Tensor, seed: int) -
 def _attack(
     cell: _Cell, x: torch.Tensor, y: torch.Tensor, attack: AttackChoice, generator: torch.Generator,
     skip: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, _PassCounter]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _PassCounter]:
     """Adversarial images of the cell's attack (label space, target mode, tracks) for ``x``.
 
     On the adaptive track with ``protocol.start == "oblivious"`` the attack first runs on the classifier
     without its test-time defenses, and the adaptive attack starts from that result (its passes count).
 
-    Returns ``(x_adv, target, counter)``: ``target`` is the aimed class per image (``-1``: untargeted,
-    or not attacked because the image's label is the target); images with ``skip`` set, or with no
-    target in a targeted mode, are returned unchanged.
+    Returns ``(x_adv, target, attacked, counter)``: ``target`` is the aimed class per image (``-1``:
+    untargeted, or not attacked because the image's label is the target); ``attacked`` says which
+    images the attack ran on — images with ``skip`` set, or with no target in a targeted mode, are
+    returned unchanged.
     """
     protocol = cell.protocol
     labels = y if cell.superclasses is None else cell.superclasses.of(y)
-
-    def in_label_space(model: torch.nn.Module) -> torch.nn.Module:
-        return model if cell.superclasses is None else SuperclassLogits(model, cell.superclasses)
-
-    counter = _PassCounter(in_label_space(_crafting_model(cell)), objective=protocol.defense_loss)
+    counter = _PassCounter(_in_label_space(cell, _crafting_model(cell)), objective=protocol.defense_loss)
     target = torch.full_like(y, NO_TARGET)
     attacked = torch.ones_like(y, dtype=torch.bool) if skip is None else ~skip
     if protocol.target != UNTARGETED and attacked.any():
@@ -752,12 +753,12 @@ def _attack(
         index = attacked.nonzero().squeeze(1)
         extra = {"target": target[index]} if protocol.target != UNTARGETED else {}
         if protocol.start == "oblivious":
-            warm = _PassCounter(in_label_space(cell.classifier))
+            warm = _PassCounter(_in_label_space(cell, cell.classifier))
             extra["start"] = attack.build().perturb(warm, x[index], labels[index], generator, **extra).detach()
             counter.forward_images += warm.forward_images
             counter.backward_images += warm.backward_images
         x_adv[index] = attack.build(protocol.eot_draws).perturb(counter, x[index], labels[index], generator, **extra).detach()
-    return x_adv, target, counter
+    return x_adv, target, attacked, counter
 
 
 def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
@@ -769,14 +770,13 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
     with torch.no_grad():
         clean_pred = defended(x).argmax(dim=1)
     skip = torch.tensor([i in cell.skip for i in indices], dtype=torch.bool, device=device)
-    x_adv, target, crafting = _attack(cell, x, y, attack, generator, skip)
+    x_adv, target, attacked, crafting = _attack(cell, x, y, attack, generator, skip)
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     with torch.no_grad():
         adv_pred = defended(x_adv).argmax(dim=1)
     if skip.any():  # cascade: keep the earlier attack's outcome
         earlier = torch.tensor([cell.skip.get(i, -1) for i in indices], dtype=adv_pred.dtype, device=device)
         adv_pred = torch.where(skip, earlier, adv_pred)
-    attacked = ~skip & ((target != NO_TARGET) if protocol.target != UNTARGETED else torch.ones_like(skip))
     elapsed = time.perf_counter() - started
     linf, l2 = perturbation_norms(x, x_adv)
     n = len(indices)
