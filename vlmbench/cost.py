@@ -21,18 +21,26 @@ import torch
 COST_COLUMNS = ("infer_time_s", "infer_time_s_undefended", "infer_forward_passes", "infer_backward_passes")
 
 
-class EncoderPasses:
-    """Counts images through (``forward``) and gradients back through (``backward``) image encoders."""
+class PassCount:
+    """Counts images sent forward (``forward``) and gradients sent back (``backward``) through a model:
+    :meth:`record` each output; its backward pass, if any, is counted when the gradient arrives."""
 
     def __init__(self) -> None:
         self.forward = 0
         self.backward = 0
 
-    def _on_forward(self, module: torch.nn.Module, inputs: tuple, output: object) -> None:
-        n = int(inputs[0].shape[0])
+    def record(self, n: int, output: object) -> None:
+        """``n`` images went forward and produced ``output``."""
         self.forward += n
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(lambda grad: self._on_backward(n))
+
+    def add(self, other: PassCount) -> None:
+        self.forward += other.forward
+        self.backward += other.backward
+
+    def _on_forward(self, module: torch.nn.Module, inputs: tuple, output: object) -> None:
+        self.record(int(inputs[0].shape[0]), output)
 
     def _on_backward(self, n: int) -> None:
         self.backward += n
@@ -49,9 +57,9 @@ def image_encoders(pipeline: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def counting_encoder_passes(pipeline: torch.nn.Module) -> Iterator[EncoderPasses]:
+def counting_encoder_passes(pipeline: torch.nn.Module) -> Iterator[PassCount]:
     """Count the image-encoder passes of ``pipeline`` inside the ``with`` block."""
-    passes = EncoderPasses()
+    passes = PassCount()
     handles = [encoder.register_forward_hook(passes._on_forward) for encoder in image_encoders(pipeline)]
     try:
         yield passes

@@ -37,7 +37,7 @@ from vlmbench.config import build_config
 from vlmbench.data import DatasetNotFoundError, DatasetPlugin, ZeroShotDataset
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
-from vlmbench.cost import inference_cost
+from vlmbench.cost import PassCount, inference_cost
 from vlmbench.flags import cell_flags
 from vlmbench.models import ClipModel, ModelPlugin, resolve_model
 from vlmbench.datasets.text import with_templates
@@ -441,27 +441,19 @@ class _PassCounter(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module, objective: bool = False) -> None:
         super().__init__()
         self.inner = inner
-        self.forward_images = 0
-        self.backward_images = 0
+        self.passes = PassCount()
         if objective:  # expose the defense-aware objective only when the attack may use it
             self.forward_with_objective = self._forward_with_objective
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._counted(x, self.inner(x))
+        out = self.inner(x)
+        self.passes.record(x.shape[0], out)
+        return out
 
     def _forward_with_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, extra = self.inner.forward_with_objective(x)
-        return self._counted(x, logits), extra
-
-    def _counted(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        self.forward_images += x.shape[0]
-        if out.requires_grad:
-            n = x.shape[0]
-            out.register_hook(lambda grad: self._count_backward(n))
-        return out
-
-    def _count_backward(self, n: int) -> None:
-        self.backward_images += n
+        self.passes.record(x.shape[0], logits)
+        return logits, extra
 
 
 def batch_seed(seed: int, cell_id: str, start: int) -> int:
@@ -755,8 +747,7 @@ def _attack(
         if protocol.start == "oblivious":
             warm = _PassCounter(_in_label_space(cell, cell.classifier))
             extra["start"] = attack.build().perturb(warm, x[index], labels[index], generator, **extra).detach()
-            counter.forward_images += warm.forward_images
-            counter.backward_images += warm.backward_images
+            counter.passes.add(warm.passes)
         x_adv[index] = attack.build(protocol.eot_draws).perturb(counter, x[index], labels[index], generator, **extra).detach()
     return x_adv, target, attacked, counter
 
@@ -815,8 +806,8 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
             "linf": linf.cpu().numpy().astype(np.float32),
             "l2": l2.cpu().numpy().astype(np.float32),
             "time_s": elapsed / n,
-            "forward_passes": crafting.forward_images / n,
-            "backward_passes": crafting.backward_images / n,
+            "forward_passes": crafting.passes.forward / n,
+            "backward_passes": crafting.passes.backward / n,
             "defense_loss": protocol.defense_loss,
             "target_mode": protocol.target,
             "target": target.cpu().numpy(),
