@@ -24,11 +24,15 @@ from vlmbench.protocol import (
         (" 2 / 255 ", 2 / 255, "2/255"),
         ("0.5/255", 0.5 / 255, "0.5/255"),
         ("0.25", 0.25, "0.25"),
-        (".1", 0.1, "0.1"),
+        (".1", 0.1, "25.5/255"),
         (8 / 255, 8 / 255, "8/255"),
         ("1/3", 1 / 3, "85/255"),
         ("1/7", 1 / 7, repr(1 / 7)),
-        ("0.0156862745", 0.0156862745, "4/255"),
+        ("0.0156862745", 4 / 255, "4/255"),
+        ("1e-3", 0.001, "0.001"),
+        ("1E-3", 0.001, "0.001"),
+        (".5e-2", 0.005, "0.005"),
+        ("0.25", 0.25, "0.25"),
     ],
 )
 def test_parse_eps_accepts_fractions_and_floats(text, value, label):
@@ -37,7 +41,7 @@ def test_parse_eps_accepts_fractions_and_floats(text, value, label):
     assert parsed_label == label
 
 
-@pytest.mark.parametrize("text", ["", "abc", "4//255", "-1/255", "0", "1/0", "nan", "inf", "4/255/2"])
+@pytest.mark.parametrize("text", ["", "abc", "4//255", "-1/255", "0", "1/0", "nan", "inf", "4/255/2", "1e", "e3", "1e-3e2", "--1"])
 def test_parse_eps_rejects_garbage(text):
     with pytest.raises(ProtocolError, match="bad ε"):
         parse_eps(text)
@@ -45,6 +49,24 @@ def test_parse_eps_rejects_garbage(text):
 
 def test_eps_label_falls_back_to_float():
     assert eps_label(0.123456) == "0.123456"
+
+
+@pytest.mark.parametrize("spellings", [("4/255", "0.0156862745", "8/510", 4 / 255), ("0.001", "1e-3", "1E-3", "1/1000")])
+def test_equal_eps_values_give_one_threat_model_and_one_cell(spellings):
+    threats = {ThreatModel.build("linf", text, 10) for text in spellings}
+    assert len(threats) == 1  # one value, one label: one cell identity
+
+
+def test_l2_radii_are_labelled_as_floats():
+    assert ThreatModel.build("l2", "5e-1", 10).eps_label == "0.5"
+
+
+def test_eps_above_one_suggests_a_fraction_only_when_it_makes_sense():
+    with pytest.raises(ProtocolError) as error:
+        ThreatModel.build("linf", "300/255", 10)
+    assert "/255?" not in str(error.value) and "1.17647/255" not in str(error.value)
+    with pytest.raises(ProtocolError, match=r"did you mean 8/255\?"):
+        ThreatModel.build("linf", "8", 10)
 
 
 @pytest.mark.parametrize(

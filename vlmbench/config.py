@@ -2,11 +2,16 @@
 
 ``--attack-param kappa=20`` / ``--defense-param tau=0.3`` are parsed against those dataclasses, so a
 typo or a wrong type is a one-line error instead of a silently ignored option.
+
+Non-finite floats (``nan``, ``inf``) are refused: ``tau_threshold=nan`` makes every comparison false
+and silently switches TTC's counterattack off. A field that means something by infinity says so with
+``dataclasses.field(metadata={ALLOW_NONFINITE: True})``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +22,9 @@ from vlmbench.protocol import parse_eps
 
 class ConfigError(VlmbenchError, ValueError):
     """A plugin parameter is unknown or has the wrong type."""
+
+
+ALLOW_NONFINITE = "allow_nonfinite"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +48,10 @@ def build_config(config_cls: type, assignments: Iterable[str], owner: str) -> An
         if key not in fields:
             known = ", ".join(fields) or "none"
             raise ConfigError(f"unknown parameter {key!r} for {owner}; its parameters: {known}")
-        values[key] = _convert(raw.strip(), hints[key], f"{owner} parameter {key!r}")
+        value = _convert(raw.strip(), hints[key], f"{owner} parameter {key!r}")
+        if isinstance(value, float) and not math.isfinite(value) and not fields[key].metadata.get(ALLOW_NONFINITE):
+            raise ConfigError(f"bad value {raw.strip()!r} for {owner} parameter {key!r}: must be a finite number")
+        values[key] = value
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as exc:

@@ -13,7 +13,6 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
-from fractions import Fraction
 from typing import Any, Literal
 
 from vlmbench.errors import VlmbenchError
@@ -27,41 +26,67 @@ class ProtocolError(VlmbenchError, ValueError):
     """An invalid protocol value (ε, norm, steps, ...). The message is one line, fit for a user."""
 
 
-_EPS_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(\d+(?:\.\d*)?))?\s*$")
+EPS_SNAP_RTOL = 1e-7  # a float within this relative distance of q/255 (q a multiple of 0.5) *is* q/255
 
 
-def parse_eps(text: str | float) -> tuple[float, str]:
-    """Parse an ε given as ``"4/255"``, ``"0.0157"`` or a float.
+def _parse_number(text: str) -> float:
+    """One float in any valid spelling (``4``, ``.5``, ``1e-3``, ``1E-3``); ``nan``/``inf`` refused."""
+    if not re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", text):
+        raise ValueError(text)
+    return float(text)
+
+
+def parse_eps(text: str | float, norm: str = "linf") -> tuple[float, str]:
+    """Parse an ε given as ``"4/255"``, ``"0.0157"``, ``"1e-3"`` or a float, canonically.
+
+    Equal values give one ε and one label, however they were written (:func:`canonical_eps`), so
+    ``--eps 0.0156862745`` and ``--eps 4/255`` name the same cell.
 
     Returns:
-        ``(value, label)``: the float radius and a canonical label: ``"k/255"`` when written over
-        255 or when the value is an integer multiple of 1/255, otherwise the shortest float repr.
+        ``(value, label)``: the canonical float radius and its label (:func:`eps_label`).
 
     Raises:
-        ProtocolError: not a number or a fraction, not positive, or not finite.
+        ProtocolError: not a number or a fraction of two numbers, not positive, or not finite.
     """
-    over_255 = False
+    if isinstance(text, bool):
+        raise ProtocolError(f"bad ε {text!r}: give a number such as 0.0157 or a fraction such as 4/255")
     if isinstance(text, (int, float)):
         value = float(text)
     else:
-        match = _EPS_RE.match(text)
-        if match is None:
-            raise ProtocolError(f"bad ε {text!r}: give a number such as 0.0157 or a fraction such as 4/255")
-        numerator, denominator = match.groups()
-        if denominator is not None and float(denominator) == 0:
+        parts = text.split("/")
+        try:
+            if len(parts) > 2:
+                raise ValueError(text)
+            numbers = [_parse_number(part) for part in parts]
+        except ValueError:
+            raise ProtocolError(f"bad ε {text!r}: give a number such as 0.0157 or a fraction such as 4/255") from None
+        if len(numbers) == 2 and numbers[1] == 0:
             raise ProtocolError(f"bad ε {text!r}: division by zero")
-        value = float(numerator) / float(denominator) if denominator else float(numerator)
-        over_255 = denominator is not None and float(denominator) == 255
+        value = numbers[0] / numbers[1] if len(numbers) == 2 else numbers[0]
     if not math.isfinite(value) or value <= 0:
         raise ProtocolError(f"bad ε {text!r}: must be a positive finite number")
-    return value, f"{value * 255:g}/255" if over_255 else eps_label(value)
+    value = canonical_eps(value, norm)
+    return value, eps_label(value, norm)
 
 
-def eps_label(value: float) -> str:
-    """``"k/255"`` when ``value`` is (numerically) an integer multiple of 1/255, else the float's repr."""
-    k = round(value * 255)
-    if k > 0 and abs(k / 255 - value) < 1e-9:
-        return f"{k}/255"
+def canonical_eps(value: float, norm: str = "linf") -> float:
+    """ℓ∞ radii are conventionally multiples of 1/255: a value within :data:`EPS_SNAP_RTOL` of
+    ``q/255`` (``q`` a multiple of 0.5: 1, 4, 0.5, ...) becomes exactly ``q/255``. Other values, and ℓ2
+    radii, are kept as they are."""
+    if norm == "linf":
+        q = round(value * 510) / 2
+        if q > 0 and abs(q / 255 - value) <= EPS_SNAP_RTOL * value:
+            return q / 255
+    return float(value)
+
+
+def eps_label(value: float, norm: str = "linf") -> str:
+    """The label of a canonical radius: ℓ∞ ``"4/255"`` (``"0.5/255"``) when it is ``q/255`` with ``q`` a
+    multiple of 0.5, else the shortest float repr (ℓ2 radii always: ``"0.5"``)."""
+    if norm == "linf":
+        q = round(value * 510) / 2
+        if q > 0 and q / 255 == value:
+            return f"{q:g}/255"
     return repr(float(value))
 
 
@@ -88,7 +113,8 @@ def check_eps(norm: str, eps: float) -> None:
     if norm not in NORMS:
         raise ProtocolError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
     if norm == "linf" and eps > 1:
-        raise ProtocolError(f"bad ε {eps:g} for linf: pixels are in [0,1], so ε must be ≤ 1 (did you mean {eps:g}/255?)")
+        hint = f" (did you mean {eps:g}/255?)" if eps <= 255 and eps_label(canonical_eps(eps / 255)).endswith("/255") else ""
+        raise ProtocolError(f"bad ε {eps:.6g} for linf: pixels are in [0,1], so ε must be ≤ 1 = 255/255{hint}")
 
 
 @dataclass(frozen=True)
@@ -135,7 +161,7 @@ class ThreatModel:
         """Parse user-facing values (ε and step size as ``"1/255"`` or floats) into a threat model.
 
         ``step_size=None`` applies :func:`default_step_size`; ``0`` means the attack sets its own."""
-        value, label = parse_eps(eps)
+        value, label = parse_eps(eps, norm)
         check_eps(norm, value)
         if steps < 0:
             raise ProtocolError(f"bad number of steps {steps}: must be ≥ 0")
@@ -167,6 +193,9 @@ class DataSpec:
             and resolution, else None.
         templates: the prompt-template set (``vlmbench.datasets.text``), or None for the dataset
             plugin's own class names and prompts.
+        n_requested: the images per dataset the request asked for (None: the whole split); more than
+            ``n_samples`` when the split is smaller.
+        fingerprint: the dataset plugin's source fingerprint (:mod:`vlmbench.fingerprint`).
     """
 
     dataset: str
@@ -177,15 +206,20 @@ class DataSpec:
     resolution: str
     preset: str | None = None
     templates: str | None = None
+    n_requested: int | None = None
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True)
 class PluginRef:
-    """A plugin as used: registry name, the plugin's version, and its parameters (JSON-able)."""
+    """A plugin as used: registry name, the plugin's declared version, its parameters (JSON-able), and
+    the fingerprint of its source (:mod:`vlmbench.fingerprint`; for a model: of its weights, which is
+    also its ``version``)."""
 
     name: str
     version: str
     params: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
 
     def __hash__(self) -> int:  # params is a dict; hash the canonical JSON instead
         return hash(canonical_json(asdict(self)))
@@ -226,6 +260,12 @@ class Protocol:
         cascade_after: attacks (same ε and track) whose still-robust samples alone this attack
             attacked; the others keep the earlier attack's outcome (AutoAttack's early stop). Empty
             when every sample was attacked.
+        eval_draws: forward draws per prediction of a random (``stochastic``) defense; the recorded
+            prediction is their majority vote (ties: the class with the higher mean probability). 1
+            for a deterministic pipeline. Clean and adversarial images are scored alike, and the
+            clean draws do not depend on the track or attack, so both tracks share one clean figure.
+        bpda: the defense's declared non-differentiable steps the adaptive attack differentiated
+            through their BPDA surrogate (:mod:`vlmbench.adaptive`); empty on other tracks.
         versions: versions of the packages the numbers depend on (vlmbench, torch, open_clip, ...).
     """
 
@@ -245,6 +285,8 @@ class Protocol:
     target: str = "untargeted"
     superclasses: dict[str, Any] | None = None
     cascade_after: tuple[str, ...] = ()
+    eval_draws: int = 1
+    bpda: tuple[str, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
 
     def __hash__(self) -> int:
@@ -267,7 +309,8 @@ class Protocol:
             data=DataSpec(**raw["data"]),
             source=PluginRef(**raw["source"]) if raw.get("source") else None,
             cascade_after=tuple(raw.get("cascade_after", ())),
-            **{f.name: raw[f.name] for f in fields(cls) if f.name not in {"model", "defense", "attack", "threat", "data", "source", "cascade_after"}},
+            bpda=tuple(raw.get("bpda", ())),
+            **{f.name: raw[f.name] for f in fields(cls) if f.name not in {"model", "defense", "attack", "threat", "data", "source", "cascade_after", "bpda"}},
         )
 
     def cell_hash(self) -> str:
