@@ -23,20 +23,21 @@ plain classifier's prediction — while the exact input gradient shrinks by ≈ 
 (≈ 1e-15 after 10). The per-cell checks report ``undefended-agreement`` and ``vanishing-gradients``.
 
 Adaptive attack (docs/defenses.md#clipure-cos): ``purification`` is declared non-differentiable and
-written with BPDA: forward exact, backward the identity in embedding space (``backward="bpda"``, the
-default). ``backward="exact"`` gives the released code's gradient (through the renormalisations only).
-Deterministic: no EOT needed.
+written with ``bpda``: forward exact, backward the identity in embedding space (``backward="bpda"``, the
+default). ``backward="exact"`` runs the same step under :func:`vlmbench.adaptive.exact_gradients`: the
+released code's gradient (through the renormalisations only). Deterministic: no EOT needed.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from vlmbench.adaptive import bpda
+from vlmbench.adaptive import bpda, exact_gradients
 from vlmbench.classifier import ZeroShotClassifier, class_text_embeddings
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
@@ -95,8 +96,10 @@ class CLIPureCosModule(torch.nn.Module):
         return purify(u, self.blank, c.steps, c.step_size, c.momentum)
 
     def logits(self, x: torch.Tensor, backward: str) -> torch.Tensor:
+        """Logits ``(N,C)``; the purification's gradient is the identity (``bpda``) or the exact one (``exact``)."""
         u = F.normalize(self.classifier.encode_image(x), dim=1)
-        purified = bpda(self._purify)(u) if backward == "bpda" else self._purify(u)
+        with exact_gradients() if backward == "exact" else nullcontext():
+            purified = bpda(self._purify, name="purification")(u)
         return self.classifier.logits_from_features(purified)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,11 @@ defaults (the dossier's advice); V = 4 views for both steps 3 and 5, σ = 0.01, 
 that SCC refines TTC; the margin is unweighted (the paper's "confidence weighting" is unknown).
 
 Adaptive attack (docs/defenses.md#scc): random (δ₀ of the warm-up, the noise views) → ``stochastic``
-(EOT). ``counterattack-sign`` and ``margin-sign``: δ is computed without a graph and added as a constant
-(BPDA, identity surrogate for ``x ↦ x + δ(x)``); ``pseudo-label`` (argmax) and ``tau-threshold`` have no
-gradient. The view averaging of step 5 is differentiated exactly (flip and noise are differentiable).
-Defense-aware objective: TTC's τ term for the warm-up (``tau_loss_weight``).
+(EOT). One declared non-differentiable step, ``correction``: ``x ↦ x + δ(x)`` (steps 1–4: the warm-up's
+sign steps and τ gate, the pseudo-label argmax, the margin's sign steps) is written with ``bpda`` and the
+identity surrogate — δ is computed without a graph and added as a constant. The view averaging of step 5
+is differentiated exactly (flip and noise are differentiable). Defense-aware objective: TTC's τ term for
+the warm-up (``tau_loss_weight``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from vlmbench.adaptive import bpda
 from vlmbench.classifier import ZeroShotClassifier
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.defenses.ttc import Counterattacker, TTCConfig, tau_model
@@ -118,11 +120,11 @@ class SCCModule(torch.nn.Module):
         if config.tau_loss_weight > 0:
             self.forward_with_objective = self._forward_with_objective
 
-    def correction(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(δ, δ₀)``: the corrective perturbation (no graph) and the warm-up's random draw."""
+    def correction(self, x: torch.Tensor, delta0: torch.Tensor) -> torch.Tensor:
+        """δ for images ``x`` and the warm-up's draw δ₀ (steps 1–4), without graph."""
         c, classifier = self.config, self.classifier
         x = x.detach()
-        warm, _, delta0 = self.counter.perturbation(x)
+        warm, _ = self.counter.perturbation(x, delta0)
         with torch.no_grad():
             view_logits = classifier(views(x + warm, c.views, c.noise_std))
             pseudo = view_logits[: len(x)].argmax(dim=1)  # view 0 is the warm-up image itself
@@ -136,18 +138,21 @@ class SCCModule(torch.nn.Module):
                 (grad,) = torch.autograd.grad(objective.sum(), delta)
                 delta = (delta.detach() + c.step_size * grad.sign()).clamp(-c.eps, c.eps)
                 delta = (x + delta).clamp(0, 1) - x
-        return delta.detach(), delta0
+        return delta.detach()
+
+    def corrected(self, x: torch.Tensor, delta0: torch.Tensor) -> torch.Tensor:
+        """``x + δ(x)``: the BPDA step ``correction`` (identity backward through steps 1–4)."""
+        return bpda(lambda v: v + self.correction(v, delta0), name="correction")(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta, _ = self.correction(x)
-        return self._averaged(x + delta)
+        return self._averaged(self.corrected(x, self.counter.draw(x)))
 
     def _averaged(self, x: torch.Tensor) -> torch.Tensor:
         return view_average(self.classifier(views(x, self.config.views, self.config.noise_std)), self.config.views)
 
     def _forward_with_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta, delta0 = self.correction(x)
-        return self._averaged(x + delta), self.counter.tau_objective(x, delta0)
+        delta0 = self.counter.draw(x)
+        return self._averaged(self.corrected(x, delta0)), self.counter.tau_objective(x, delta0)
 
 
 class SCC(Defense):
@@ -157,7 +162,7 @@ class SCC(Defense):
     description: ClassVar[str] = "SCC: TTC warm-up, soft-prototype margin correction, multi-view averaging (Liu et al. 2025)"
     Config: ClassVar[type] = SCCConfig
     stochastic: ClassVar[bool] = True
-    non_differentiable: ClassVar[tuple[str, ...]] = ("counterattack-sign", "tau-threshold", "pseudo-label", "margin-sign")
+    non_differentiable: ClassVar[tuple[str, ...]] = ("correction",)
 
     def wrap(self, classifier: ZeroShotClassifier, context: DefenseContext) -> torch.nn.Module:
         warmup = self.config.warmup()

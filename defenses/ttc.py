@@ -17,12 +17,13 @@ set, so it stays in it. Defaults are the paper's (TTC.sh): ε_c = 4/255, N = 2, 
 (``DefenseContext.original``), as in the authors' code; ``tau_encoder="defended"`` uses the evaluated one.
 
 Adaptive attack (docs/defenses.md#ttc): the forward pass is random (δ₀) → ``stochastic`` (EOT).
-``counterattack-sign``: Δ is computed without a graph and added as a constant, i.e. BPDA with the
-identity surrogate for ``x ↦ x + Δ(x)`` (the unrolled loop's exact derivative through ``sign`` is zero
-almost everywhere). ``tau-threshold``: the gate has no gradient; the attacker's gradient goes through the
-branch taken, and the defense-aware objective (``forward_with_objective``)
-``λ · min(τ(x) − τ_th − m, 0)``, differentiable in ``x`` for the drawn δ₀, pushes τ above the threshold
-so the attacked image is routed to the noise-only branch (``tau_loss_weight`` λ > 0 enables it).
+One declared non-differentiable step, ``counterattack``: ``x ↦ x + Δ(x)`` — the sign steps and the τ gate
+— is written with ``bpda`` and the identity surrogate: Δ is computed without a graph and the attacker
+differentiates the classifier at ``x + Δ`` (the unrolled loop's exact derivative through ``sign`` is
+zero almost everywhere; the gate has none). The gradient follows the branch taken, and the defense-aware
+objective (``forward_with_objective``) ``λ · min(τ(x) − τ_th − m, 0)``, differentiable in ``x`` for the
+drawn δ₀, pushes τ above the threshold so the attacked image is routed to the noise-only branch
+(``tau_loss_weight`` λ > 0 enables it).
 Unspecified by the paper (defaults chosen here): λ = 0, margin m = 0.05 — the term is off by default
 because on the embedded world it made the adaptive attack weaker, not stronger (docs/defenses.md#ttc:
 clean τ there is mostly below τ_th, so the noise-only branch is out of reach and the term only pulls
@@ -37,6 +38,7 @@ from typing import ClassVar
 
 import torch
 
+from vlmbench.adaptive import bpda
 from vlmbench.classifier import ZeroShotClassifier, resize_and_normalize
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
@@ -141,19 +143,27 @@ class Counterattacker(torch.nn.Module):
             return self.classifier.encode_image(x)
         return self.tau_module.encode_image(resize_and_normalize(x, self.tau_preprocess))
 
-    def perturbation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(Δ, τ, δ₀)`` for images ``x``, all without graph (Δ is a constant to an attacker: BPDA)."""
+    def draw(self, x: torch.Tensor) -> torch.Tensor:
+        """δ₀ for images ``x`` (global generator; no graph)."""
+        with torch.no_grad():
+            return random_draw(x.detach(), self.config.eps)
+
+    def perturbation(self, x: torch.Tensor, delta0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Δ, τ)`` for images ``x`` and their draw δ₀, both without graph (Δ is a constant to an attacker)."""
         c = self.config
         x = x.detach()
         with torch.no_grad():
-            delta0 = random_draw(x, c.eps)
             reference = self.classifier.encode_image(x)
             if self.tau_module is None:
                 tau = sensitivity(self.encode_tau, x, delta0, reference)
             else:
                 tau = sensitivity(self.encode_tau, x, delta0)
         deltas = counterattack(self.classifier.encode_image, x, delta0, reference, c.eps, c.steps, c.step_size)
-        return gated_perturbation(deltas, tau, c.tau_threshold, c.beta), tau, delta0
+        return gated_perturbation(deltas, tau, c.tau_threshold, c.beta), tau
+
+    def counterattacked(self, x: torch.Tensor, delta0: torch.Tensor) -> torch.Tensor:
+        """``x + Δ(x)``: the BPDA step ``counterattack`` (identity backward through the sign steps and the gate)."""
+        return bpda(lambda v: v + self.perturbation(v, delta0)[0], name="counterattack")(x)
 
     def tau_objective(self, x: torch.Tensor, delta0: torch.Tensor) -> torch.Tensor:
         """``λ · min(τ(x) − τ_th − m, 0)`` per image, differentiable in ``x`` (δ₀ fixed)."""
@@ -176,12 +186,11 @@ class TTCModule(torch.nn.Module):
             self.forward_with_objective = self._forward_with_objective
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta, _, _ = self.counter.perturbation(x)
-        return self.counter.classifier(x + delta)
+        return self.counter.classifier(self.counter.counterattacked(x, self.counter.draw(x)))
 
     def _forward_with_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        delta, _, delta0 = self.counter.perturbation(x)
-        return self.counter.classifier(x + delta), self.counter.tau_objective(x, delta0)
+        delta0 = self.counter.draw(x)
+        return self.counter.classifier(self.counter.counterattacked(x, delta0)), self.counter.tau_objective(x, delta0)
 
 
 def tau_model(config: TTCConfig, classifier: ZeroShotClassifier, context: DefenseContext) -> ClipModel | None:
@@ -200,7 +209,7 @@ class TTC(Defense):
     description: ClassVar[str] = "TTC test-time counterattack with tau gating (Xing et al., CVPR 2025)"
     Config: ClassVar[type] = TTCConfig
     stochastic: ClassVar[bool] = True
-    non_differentiable: ClassVar[tuple[str, ...]] = ("counterattack-sign", "tau-threshold")
+    non_differentiable: ClassVar[tuple[str, ...]] = ("counterattack",)
 
     def wrap(self, classifier: ZeroShotClassifier, context: DefenseContext) -> torch.nn.Module:
         return TTCModule(Counterattacker(classifier, tau_model(self.config, classifier, context), self.config))

@@ -18,7 +18,7 @@ TOY = Path(__file__).parent / "plugins" / "toy_defenses.py"
 
 def test_bpda_forward_is_exact_and_backward_is_the_surrogate():
     x = torch.tensor([0.1, 0.49, 0.51, 0.9], requires_grad=True)
-    step = bpda(torch.round, lambda v: 2 * v)
+    step = bpda(torch.round, lambda v: 2 * v, name="round")
     out = step(x)
     assert torch.equal(out.detach(), torch.round(x.detach()))
     (grad,) = torch.autograd.grad(out.sum(), x)

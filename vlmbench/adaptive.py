@@ -1,9 +1,13 @@
 """Building blocks for attacking defenses adaptively (Athalye et al., ICML 2018).
 
 * **BPDA** (backward-pass differentiable approximation): a defense step without a useful gradient
-  (rounding, sign, thresholds, argmax) is written as ``bpda(exact, surrogate)(x)``: the forward pass is
-  ``exact(x)``, exactly as evaluated; the backward pass is that of ``surrogate(x)`` (often the identity).
-  The defended module then serves both evaluation and the adaptive attack.
+  (rounding, sign, thresholds, argmax) is written as ``bpda(exact, surrogate, name=NAME)(x)``: the
+  forward pass is ``exact(x)``, exactly as evaluated; the backward pass is that of ``surrogate(x)``
+  (often the identity). The defended module then serves both evaluation and the adaptive attack. A
+  defense declares the names of its steps in ``Defense.non_differentiable``;
+  :func:`check_declared_steps` verifies the declaration against one traced forward pass
+  (:func:`trace_steps`), and :func:`exact_gradients` switches every step to its true gradient (what an
+  attacker without BPDA would get).
 * **EOT** (expectation over transformation): for a randomised defense the attack follows the gradient
   of the expected loss, estimated over ``n`` independent draws; attacks implement it by evaluating the
   batch ``n`` times and summing the loss (see :func:`vlmbench.attacks.pgd.pgd`).
@@ -18,11 +22,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from vlmbench.defense import Defense
+
 Step = Callable[[torch.Tensor], torch.Tensor]
+
+_TRACE: ContextVar[set[str] | None] = ContextVar("vlmbench_bpda_trace", default=None)
+_EXACT: ContextVar[bool] = ContextVar("vlmbench_bpda_exact", default=False)
 
 
 def logits_and_objective(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -46,17 +59,80 @@ def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def bpda(exact: Step, surrogate: Step = identity) -> Step:
-    """A step whose value is ``exact(x)`` and whose gradient is that of ``surrogate(x)``.
+def bpda(exact: Step, surrogate: Step = identity, *, name: str) -> Step:
+    """The non-differentiable step ``name``: its value is ``exact(x)``, its gradient that of ``surrogate(x)``.
 
-    ``exact`` and ``surrogate`` must return tensors of the same shape; ``exact`` need not be
-    differentiable (it runs without building a graph).
+    ``exact`` and ``surrogate`` map a tensor to a tensor of one shape. ``exact`` need not be
+    differentiable: it runs under ``torch.no_grad()``; the step's output is
+    ``surrogate(x) + (exact(x) − surrogate(x))``, i.e. ``exact(x)`` up to float rounding.
+
+    ``name`` is what the defense lists in ``Defense.non_differentiable``. Calling the step adds it to the
+    active :func:`trace_steps` set before ``exact`` runs, so a step whose output a gate later discards
+    still counts. Inside :func:`exact_gradients` the step returns ``exact(x)`` with the graph ``exact``
+    itself builds (no surrogate).
     """
 
     def step(x: torch.Tensor) -> torch.Tensor:
+        seen = _TRACE.get()
+        if seen is not None:
+            seen.add(name)
+        if _EXACT.get():
+            return exact(x)
         with torch.no_grad():
             value = exact(x)
         approx = surrogate(x)
         return approx + (value - approx).detach()
 
     return step
+
+
+@contextmanager
+def trace_steps() -> Iterator[set[str]]:
+    """Inside the block, the names of the :func:`bpda` steps called (in this thread/context) collect in the
+    yielded set. Nested blocks each see only their own steps."""
+    seen: set[str] = set()
+    token = _TRACE.set(seen)
+    try:
+        yield seen
+    finally:
+        _TRACE.reset(token)
+
+
+@contextmanager
+def exact_gradients() -> Iterator[None]:
+    """Inside the block, every :func:`bpda` step returns ``exact(x)`` computed with its graph: the true
+    gradient of the declared steps (zero for a rounding or sign, none for a step that detaches)."""
+    token = _EXACT.set(True)
+    try:
+        yield
+    finally:
+        _EXACT.reset(token)
+
+
+def check_declared_steps(parts: Sequence[Defense], defended: torch.nn.Module, x: torch.Tensor) -> tuple[str, ...]:
+    """The sorted names of the BPDA steps one forward pass of ``defended`` on ``x`` ``(N,3,H,W)`` in [0,1]
+    runs, after checking them against what ``parts`` (the defense's parts, in order) declare in
+    ``non_differentiable``: every declared step must be reached through ``bpda(..., name=NAME)``, and every
+    step reached must be declared. Runs under ``torch.no_grad()``; seeding is the caller's.
+
+    Raises:
+        PluginError: a declared step that did not run, or a step that runs undeclared (one line).
+    """
+    from vlmbench.registry import PluginError  # lazily: the registry imports the plugin contracts
+
+    declared = {step: part.name for part in parts for step in part.non_differentiable}
+    with trace_steps() as seen, torch.no_grad():
+        defended(x)
+    for step, owner in declared.items():
+        if step not in seen:
+            raise PluginError(
+                f"defense {owner!r} declares non-differentiable step {step!r} but no bpda(..., name={step!r}) ran "
+                f"in its forward: write the step with vlmbench.adaptive.bpda so adaptive attacks get a gradient"
+            )
+    undeclared = sorted(seen - declared.keys())
+    if undeclared:
+        raise PluginError(
+            f"defense {'+'.join(part.name for part in parts)!r} runs BPDA step {undeclared[0]!r} that it does not "
+            f"declare in non_differentiable: add it to non_differentiable"
+        )
+    return tuple(sorted(seen))

@@ -8,7 +8,8 @@ A defense acts at one or both of two points, by overriding the matching hook:
 * **test time** — :meth:`Defense.wrap` returns a module that maps pixels in [0,1] to logits around the
   (possibly adapted) classifier (e.g. a counterattack or purification before classification).
   A test-time defense declares whether its forward pass is random (``stochastic``; attacks then need
-  EOT) and which of its steps are not differentiable (``non_differentiable``; attacks then need BPDA).
+  EOT) and which of its steps are not differentiable (``non_differentiable``; each is written with
+  :func:`vlmbench.adaptive.bpda` under its declared name, which the adaptive attack differentiates).
 
 Defenses compose (``tecoa+ttc``): the training-time parts run in order, then the test-time wrappers
 are applied in order.
@@ -53,10 +54,16 @@ class Defense(ABC):
     Class attributes:
         name: registry name.
         description: one line for ``vlmbench list defenses``.
-        version: bump when a change alters results.
+        version: bump when a change alters results (the source fingerprint is recorded as well).
         Config: frozen dataclass of parameters, with the paper's defaults.
-        stochastic: the test-time forward pass draws random numbers.
-        non_differentiable: names of test-time steps without a useful gradient (sign, threshold, ...).
+        stochastic: the test-time forward pass draws random numbers (from torch's global generator);
+            adaptive attacks then average gradients over draws (EOT).
+        non_differentiable: names of the test-time steps without a useful gradient (sign, threshold,
+            argmax, rounding, ...). Contract: each declared name is computed through
+            ``vlmbench.adaptive.bpda(exact, surrogate, name=NAME)`` in the module :meth:`wrap` returns,
+            and every named BPDA step that module runs is declared; the step counts as run when its
+            ``bpda`` wrapper is called, even if a gate then discards its output, so call it on every
+            forward pass. :func:`vlmbench.adaptive.check_declared_steps` verifies this per cell.
     """
 
     name: ClassVar[str]

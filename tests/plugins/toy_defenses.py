@@ -1,10 +1,12 @@
-"""Two deliberately simple test-time defenses for testing the adaptive track (loaded with --plugin).
+"""Deliberately simple test-time defenses for testing the adaptive track (loaded with --plugin).
 
 * ``toy-noise``: Gaussian noise on the input — randomised, so an adaptive attack needs EOT.
 * ``toy-quantise``: rounding pixels to a few levels — no useful gradient, so an adaptive attack needs
-  BPDA (declared, and implemented with :func:`vlmbench.adaptive.bpda`).
+  BPDA (declared as ``quantise``, and implemented with ``vlmbench.adaptive.bpda(..., name="quantise")``).
+* ``toy-quantise-masked``: the same rounding, undeclared and without BPDA — the deliberately broken case.
 
-Both weaken oblivious attacks (crafted without them) while adaptive ones see through them.
+``toy-noise`` and ``toy-quantise`` weaken oblivious attacks (crafted without them) while adaptive ones see
+through them.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class ToyQuantise(Defense):
     non_differentiable: ClassVar[tuple[str, ...]] = ("quantise",)
 
     def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
-        return _Wrapped(classifier, bpda(self.rounding))
+        return _Wrapped(classifier, bpda(self.rounding, name="quantise"))
 
     def rounding(self, x: torch.Tensor) -> torch.Tensor:
         k = self.config.levels - 1
