@@ -22,7 +22,8 @@ def run(tmp_path: Path, *args: str):
 
 
 def test_random_and_gradient_masking_defenses_are_flagged_per_cell(tmp_path):
-    noisy = run(tmp_path / "noise", "--defense", "toy-noise", "--attack", "pgd-2", "--eot", "2")
+    noisy = run(tmp_path / "noise", "--plugin", str(TOY.parent / "broken_defenses.py"), "--defense", "undeclared-noise",
+                "--attack", "pgd-2")
     assert noisy.exit_code == 0, noisy.output
     assert "forward-randomness" in noisy.output and "docs/flags.md#forward-randomness" in noisy.output
     assert set(results.load_results(tmp_path / "noise")["flags"]) == {"forward-randomness"}

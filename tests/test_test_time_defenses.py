@@ -42,7 +42,8 @@ def test_each_defense_runs_in_both_tracks_with_its_cost_recorded(defense, passes
     assert (rows["infer_time_s"] > 0).all() and (rows["infer_time_s_undefended"] > 0).all()
     assert "inference per image vs undefended" in output.output
     flags = set(";".join(rows["flags"]).split(";"))
-    assert ("forward-randomness" in flags) == random
+    assert "forward-randomness" not in flags  # declared randomness is handled (EOT, vote), not flagged
+    assert set(rows["eval_draws"]) == {10 if random else 1} and set(rows["bpda"]) == {"", ",".join(adaptive.bpda)}
     if defense == "clipure_cos":  # the dossier's two checks, in the rows' flags
         assert {"undefended-agreement=1.00", "vanishing-gradients=1.00"} <= flags
 
@@ -62,7 +63,7 @@ def test_composition_with_a_training_time_defense_measures_tau_on_the_original_e
 
 def test_tau_encoder_is_the_context_original(tiny_zero_shot):
     from vlmbench.defenses.ttc import TTC, TTCConfig
-    from vlmbench.models import resolve_model
+    from vlmbench.resolve import resolve_model
 
     original = resolve_model("world-rn").load(torch.device("cpu"))
     classifier = tiny_zero_shot(torch.eye(4, 3 * 32 * 32))

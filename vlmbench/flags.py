@@ -5,7 +5,8 @@ per cell while it runs and stored in every row's ``flags`` column; the others co
 derived from the stored rows when results are shown.
 
 Per cell (:func:`cell_flags`, on the cell's first batch):
-    ``forward-randomness``: two forward passes of the defended model on the same images disagree.
+    ``forward-randomness``: two forward passes of the defended model on the same images disagree,
+    and the defense did not declare itself ``stochastic``.
     ``zero-gradients``: some images have an exactly zero input gradient on the model the attack crafts on.
     Plus any flags the defended module measures itself: a test-time defense's module may define
     ``sanity_checks(x, y) -> list[str]`` (``name`` or ``name=value``, names from :data:`FLAGS`), e.g.
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 FLAGS: dict[str, str] = {
-    "forward-randomness": "the defended model's forward pass is random: use EOT (adaptive track) and several seeds",
+    "forward-randomness": "the defended model's forward pass is random but the defense does not declare it: declare stochastic = True so EOT and vote scoring are used",
     "zero-gradients": "some inputs have an exactly zero gradient: gradient-based attacks may be masked",
     "undefended-agreement": "the test-time defense predicts like the undefended model on clean images: robustness gains may be masking",
     "vanishing-gradients": "the defense's exact input gradient is vanishingly small: gradient-based attacks may be masked",
@@ -42,14 +43,19 @@ VANISHING_RATIO = 1e-6  # vanishing-gradients: input-gradient norm relative to t
 DOCS = "docs/flags.md"
 
 
-def cell_flags(defended: torch.nn.Module, crafting: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
-    """The per-cell flags, measured on one batch. Draws from torch's global generator."""
+def cell_flags(defended: torch.nn.Module, crafting: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+               declared_stochastic: bool = False) -> list[str]:
+    """The per-cell flags, measured on one batch. Draws from torch's global generator.
+
+    ``forward-randomness`` flags *undeclared* randomness only: a defense that declares ``stochastic``
+    is scored over several draws and attacked with EOT, which is the correct handling."""
     found = []
-    with torch.no_grad():
-        first = F.normalize(defended(x), dim=1)
-        second = F.normalize(defended(x), dim=1)
-    if (first - second).abs().max() > RANDOMNESS_TOLERANCE:
-        found.append("forward-randomness")
+    if not declared_stochastic:
+        with torch.no_grad():
+            first = F.normalize(defended(x), dim=1)
+            second = F.normalize(defended(x), dim=1)
+        if (first - second).abs().max() > RANDOMNESS_TOLERANCE:
+            found.append("forward-randomness")
     x = x.clone().requires_grad_(True)
     loss = F.cross_entropy(crafting(x), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
@@ -69,41 +75,66 @@ def result_flags(rows: pd.DataFrame) -> pd.DataFrame:
     """Every flag raised by ``rows`` (per-cell flags included), one row per (flag, cell or group).
 
     Columns: ``flag``, ``detail``, and the identifying columns model, defense, attack, track, norm,
-    eps_label, dataset (``*`` where a flag concerns several values).
-    """
-    found: list[dict[str, str]] = []
-    ident = ["model", "defense", "attack", "track", "norm", "eps_label", "dataset"]
+    eps_label, dataset and variant (:func:`vlmbench.results.describe_cells`; ``*`` where a flag
+    concerns several values).
 
-    def add(flag: str, detail: str, where: dict[str, str]) -> None:
+    The unit is the cell (``cell_id``; hand-made rows without one: one cell per display key), and
+    cross-cell flags compare only cells measured the same way apart from what the flag compares
+    (:func:`vlmbench.results.cell_description`): ``square-beats-whitebox`` cells on the same images
+    in the same setting (attack parts aside), ``eps-not-monotone`` cells that differ in ε (and the
+    step size it implies) only, ``adaptive-weaker`` cells that differ in the track (and what it
+    implies: EOT, BPDA, start, defense loss) only.
+    """
+    from vlmbench import results
+
+    found: list[dict[str, str]] = []
+    ident = ["model", "defense", "attack", "track", "norm", "eps_label", "dataset", "variant"]
+
+    def add(flag: str, detail: str, where: dict[str, object]) -> None:
         found.append({"flag": flag, "detail": detail, **{k: str(where.get(k, "*")) for k in ident}})
 
-    cells = rows.groupby([*ident, "eps"], sort=False).agg(
-        flags=("flags", "first"), clean=("clean_correct", "mean"), adv=("adv_correct", "mean"), robust=("robust", "mean")
-    ).reset_index()
-    for cell in cells.itertuples(index=False):
-        where = cell._asdict()
-        for stored in filter(None, cell.flags.split(";")):
+    def one(variants: pd.Series) -> dict[str, object]:
+        """The group's variant: labels are per summary table, and "" means nothing to tell apart there."""
+        labels = set(variants) - {""}
+        return {"variant": labels.pop() if len(labels) == 1 else "" if not labels else "*"}
+
+    rows = rows.assign(cell_id=results.cell_ids(rows))
+    described = results.describe_cells(rows)
+    shown = ["model", "defense", "attack", "track", "norm", "eps_label", "dataset", "eps"]
+    cells = rows.groupby("cell_id", sort=False).agg(
+        **{c: (c, "first") for c in shown},
+        flags=("flags", "first"), clean=("clean_correct", "mean"), adv=("adv_correct", "mean"), robust=("robust", "mean"),
+    )
+    described = described.loc[cells.index]
+    cells["variant"] = [", ".join(filter(None, parts)) for parts in zip(described["variant"], described["attack_variant"])]
+    descriptions = described["description"]
+    cells["_images"] = [results.description_key(d, results.is_attack_part) for d in descriptions]
+    cells["_but_eps"] = [results.description_key(d, results.is_eps_part) for d in descriptions]
+    cells["_but_track"] = [results.description_key(d, results.is_track_part) for d in descriptions]
+    for cell in cells.reset_index().to_dict("records"):
+        for stored in filter(None, cell["flags"].split(";")):
             name, _, value = stored.partition("=")
-            add(name, (f"fraction {value}" if value.replace(".", "", 1).isdigit() else value) if value else "", where)
-        if cell.adv > cell.clean:
-            add("robust-above-clean", f"adversarial {100 * cell.adv:.1f}% > clean {100 * cell.clean:.1f}%", where)
+            add(name, (f"fraction {value}" if value.replace(".", "", 1).isdigit() else value) if value else "", cell)
+        if cell["adv"] > cell["clean"]:
+            add("robust-above-clean", f"adversarial {100 * cell['adv']:.1f}% > clean {100 * cell['clean']:.1f}%", cell)
     group = ["model", "defense", "track", "norm", "eps_label", "dataset"]
-    for key, part in cells.groupby(group, sort=False):
+    for key, part in cells.groupby([*group, "_images"], sort=False):
         square = part[part["attack"].str.startswith("square")]
         whitebox = part[~part["attack"].str.startswith("square") & (part["attack"] != "none")]
         if len(square) and len(whitebox) and 100 * square["robust"].min() < 100 * whitebox["robust"].min() - SQUARE_MARGIN:
             add("square-beats-whitebox", f"square {100 * square['robust'].min():.1f}% < white-box "
-                f"{100 * whitebox['robust'].min():.1f}%", dict(zip(group, key)))
-    for key, part in cells.groupby(["model", "defense", "attack", "track", "norm", "dataset"], sort=False):
-        ordered = part.sort_values("eps")
-        rises = ordered["robust"].diff() > 0
+                f"{100 * whitebox['robust'].min():.1f}%", {**dict(zip(group, key)), **one(part["variant"])})
+    sweep = ["model", "defense", "attack", "track", "norm", "dataset"]
+    for key, part in cells.groupby([*sweep, "_but_eps"], sort=False):
+        per_eps = part.groupby("eps").agg(robust=("robust", "min"), eps_label=("eps_label", "first")).sort_index()
+        rises = per_eps["robust"].diff() > 0
         if rises.any():
-            at = ordered.loc[rises, "eps_label"].iloc[0]
-            add("eps-not-monotone", f"robust accuracy rises at ε={at}", dict(zip(["model", "defense", "attack", "track", "norm", "dataset"], key)))
-    tracks = cells.pivot_table(index=["model", "defense", "attack", "norm", "eps_label", "dataset"], columns="track", values="robust")
-    if {"oblivious", "adaptive"} <= set(tracks.columns):
-        weaker = tracks[tracks["adaptive"] > tracks["oblivious"]]
-        for key, values in weaker.iterrows():
-            add("adaptive-weaker", f"adaptive {100 * values['adaptive']:.1f}% > oblivious {100 * values['oblivious']:.1f}%",
-                dict(zip(["model", "defense", "attack", "norm", "eps_label", "dataset"], key)))
+            at = per_eps.loc[rises, "eps_label"].iloc[0]
+            add("eps-not-monotone", f"robust accuracy rises at ε={at}", {**dict(zip(sweep, key)), **one(part["variant"])})
+    same = ["model", "defense", "attack", "norm", "eps_label", "dataset"]
+    for key, part in cells.groupby([*same, "_but_track"], sort=False):
+        oblivious, adaptive = part[part["track"] == "oblivious"], part[part["track"] == "adaptive"]
+        if len(oblivious) and len(adaptive) and adaptive["robust"].max() > oblivious["robust"].min():
+            add("adaptive-weaker", f"adaptive {100 * adaptive['robust'].max():.1f}% > oblivious "
+                f"{100 * oblivious['robust'].min():.1f}%", {**dict(zip(same, key)), **one(part["variant"])})
     return pd.DataFrame(found, columns=["flag", "detail", *ident])

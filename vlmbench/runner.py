@@ -12,14 +12,18 @@ rows an uninterrupted one would have had.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
+import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,22 +32,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from vlmbench import results
-from vlmbench.adaptive import provides_objective
+from vlmbench.adaptive import check_declared_steps, provides_objective
 from vlmbench.attack import Attack, check_perturbation, parse_attack_name, perturbation_norms
 from vlmbench.classifier import ZeroShotClassifier, cache_dir
 from vlmbench.config import build_config
 from vlmbench.data import DatasetNotFoundError, DatasetPlugin, ZeroShotDataset
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
-from vlmbench.cost import PassCount, inference_cost
+from vlmbench.cost import PassCount, encoder_of, inference_cost
+from vlmbench.fingerprint import combined, source_fingerprint
 from vlmbench.flags import cell_flags
-from vlmbench.models import ClipModel, ModelPlugin, resolve_model
+from vlmbench.models import ClipModel, ModelPlugin
+from vlmbench.resolve import resolve_model
 from vlmbench.datasets.text import with_templates
 from vlmbench.presets import (SELECTIONS, PresetDataset, Resized, balanced_indices, dataset_labels, get_preset,
                               missing_datasets_error)
-from vlmbench.protocol import DataSpec, PluginRef, Protocol, ThreatModel, default_step_size, indices_sha256
+from vlmbench.protocol import (DataSpec, PluginRef, Protocol, ThreatModel, canonical_json, default_step_size,
+                               indices_sha256)
 from vlmbench.registry import PluginError, plugins, unknown_name_message
 from vlmbench.targets import NO_TARGET, UNTARGETED, SuperclassLogits, SuperclassMap, choose_targets, parse_target, resolve_superclasses
 
@@ -83,6 +91,8 @@ class RunRequest:
             part, else ``oblivious`` (the two coincide without one).
         eot_draws: EOT draws on the adaptive track of a stochastic defense (None: 10); always 1 for a
             deterministic one.
+        eval_draws: forward draws whose majority vote is a random defense's prediction (None: 10);
+            always 1 for a deterministic one.
         source_model: craft every attack on this model instead (transfer track; replaces ``track``).
         source_defense: defend the source model with this defense (training-time weights and
             test-time wrappers) before crafting on it.
@@ -116,6 +126,7 @@ class RunRequest:
     defense_params: tuple[str, ...] = ()
     track: str | None = None
     eot_draws: int | None = None
+    eval_draws: int | None = None
     source_model: str | None = None
     source_defense: str | None = None
     download: bool = False
@@ -127,7 +138,9 @@ class RunRequest:
 
 
 TRACKS = ("oblivious", "adaptive", "both")
-DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018 / the dossier's "EOT (≥10 samples)" for random defenses
+DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018: EOT over ≥ 10 draws for random defenses
+DEFAULT_EVAL_DRAWS = 10  # majority vote over this many draws scores a random defense (issue: one draw
+# of TTC gave 32.5% and 22.5% clean accuracy on the same 40 images; 20 draws average 30.75%)
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,21 @@ class DefenseChoice:
     parts: tuple[Defense, ...]
     tracks: tuple[str, ...]  # the tracks evaluated for this defense
     eot_draws: int  # on the adaptive track
+    eval_draws: int = 1  # majority vote over this many forward draws (1: deterministic)
+
+    @property
+    def stochastic(self) -> bool:
+        return any(part.stochastic for part in self.parts)
+
+    @property
+    def non_differentiable(self) -> tuple[str, ...]:
+        """The declared non-differentiable steps of every part (BPDA on the adaptive track)."""
+        return tuple(sorted({step for part in self.parts for step in part.non_differentiable}))
+
+    def ref(self) -> PluginRef:
+        """The defense in the protocol record: versions, parameters and source fingerprints of its parts."""
+        return PluginRef(self.spec, "+".join(p.version for p in self.parts), {p.name: p.params() for p in self.parts},
+                         combined([source_fingerprint(p) for p in self.parts]))
 
 
 @dataclass(frozen=True)
@@ -174,6 +202,7 @@ class Plan:
     source_defense: DefenseChoice | None = None  # ... defended by this
     label_spaces: dict[str, tuple[str, SuperclassMap | None]] = field(default_factory=dict)  # per dataset
     data_choices: dict[str, DataChoice] = field(default_factory=dict)  # per dataset: how its data was chosen
+    notes: list[str] = field(default_factory=list)  # what the user should know before reading the numbers
 
     @property
     def n_cells(self) -> int:
@@ -198,6 +227,12 @@ class CellOutcome:
 def plan(request: RunRequest) -> Plan:
     """Validate every part of ``request`` and resolve its plugins; nothing is computed yet."""
     registry = plugins()
+    for option, values in (("--eps", request.eps), ("--attack", request.attacks), ("--defense", request.defenses),
+                           ("--model", request.models), ("--dataset", request.datasets)):
+        if not values or any(not str(v).strip() for v in values):
+            raise RunError(f"{option} is empty: give at least one value (or leave the option out for its default)")
+    if request.seed < 0:
+        raise RunError(f"bad seed {request.seed}: must be ≥ 0")
     if request.batch_size < 1:
         raise RunError(f"bad batch size {request.batch_size}: must be ≥ 1")
     if request.n_samples is not None and request.n_samples < 1:
@@ -208,11 +243,13 @@ def plan(request: RunRequest) -> Plan:
         raise RunError(f"bad track {request.track!r}: use oblivious, adaptive or both")
     if request.eot_draws is not None and request.eot_draws < 1:
         raise RunError(f"bad number of EOT draws {request.eot_draws}: must be ≥ 1")
+    if request.eval_draws is not None and request.eval_draws < 1:
+        raise RunError(f"bad number of evaluation draws {request.eval_draws}: must be ≥ 1")
     if request.output.exists() and not request.output.is_dir():
         raise RunError(f"output {request.output} exists and is not a folder")
     models = [resolve_model(spec) for spec in request.models]
     defenses = [_resolve_defense(spec, request) for spec in request.defenses]
-    datasets, data_choices, missing = [], {}, []
+    datasets, data_choices, missing, notes = [], {}, [], []
     for entry, choice in _dataset_entries(request):
         plugin: DatasetPlugin = registry.datasets.get(entry.name)
         if entry.split is not None and entry.split not in plugin.splits:
@@ -232,14 +269,18 @@ def plan(request: RunRequest) -> Plan:
             dataset = Resized(dataset, 224)
         labels = dataset_labels(dataset) if choice.selection == "balanced" and entry.n_samples is not None else None
         indices = select_indices(len(dataset), entry.n_samples, choice.selection, request.seed, labels)
+        if entry.n_samples is not None and entry.n_samples > len(dataset):
+            notes.append(f"{entry.name}: {entry.n_samples} images asked for, but its {dataset.split} split has "
+                         f"{len(dataset)}; all {len(dataset)} evaluated (recorded as n_requested)")
         datasets.append((plugin, dataset, indices))
         data_choices[entry.name] = choice
     if missing:
         raise missing_datasets_error(missing)
     attack_names = [parse_attack_name(spec, registry.attacks.names())[0] for spec in request.attacks]
-    attacks = [
-        _resolve_attack(spec, eps, request, attack_names) for spec in request.attacks for eps in request.eps
-    ]
+    attacks = []
+    for choice in (_resolve_attack(spec, eps, request, attack_names) for spec in request.attacks for eps in request.eps):
+        if all((choice.spec, choice.threat) != (other.spec, other.threat) for other in attacks):
+            attacks.append(choice)  # one cell per value: "4/255" and "0.0156862745" are one ε
     for defense in defenses:
         for attack in attacks:
             if "adaptive" in defense.tracks and defense.eot_draws > 1 and "eot" not in attack.cls.honours:
@@ -252,8 +293,25 @@ def plan(request: RunRequest) -> Plan:
     if request.source_defense is not None:  # the source's defense runs with its defaults
         source_defense = _resolve_defense(request.source_defense, replace(request, defense_params=(), track="oblivious"))
     label_spaces = {plugin.name: _label_space(request, dataset, attacks) for plugin, dataset, _ in datasets}
+    check_writable(request.output, "output folder")
+    check_writable(cache_dir(), "cache folder (VLMBENCH_CACHE)")
     return Plan(request, models, defenses, datasets, attacks, _device(request.device), source, source_defense,
-                label_spaces, data_choices)
+                label_spaces, data_choices, notes)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Prove, before any computation, that files can be written in ``folder`` (or, when it does not
+    exist yet, in its nearest existing ancestor, where it will be created). Creates nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(0, f"{existing} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".vlmbench-write-test-"):
+            pass
+    except OSError as exc:
+        raise RunError(f"cannot write to the {what} {folder}: {exc.strerror or exc}; choose another folder") from None
 
 
 def _label_space(request: RunRequest, dataset: ZeroShotDataset, attacks: list[AttackChoice]) -> tuple[str, SuperclassMap | None]:
@@ -343,7 +401,8 @@ def _resolve_defense(spec: str, request: RunRequest) -> DefenseChoice:
         tracks = (request.track,)
     stochastic = any(part.stochastic for part in parts)
     eot = (request.eot_draws or DEFAULT_EOT_DRAWS) if stochastic else 1  # nothing to average without randomness
-    return DefenseChoice(spec, tuple(parts), tracks, eot)
+    votes = (request.eval_draws or DEFAULT_EVAL_DRAWS) if stochastic else 1
+    return DefenseChoice(spec, tuple(parts), tracks, eot, votes)
 
 
 def _assignments_for(name: str, names: list[str], assignments: tuple[str, ...], kind: str) -> list[str]:
@@ -472,8 +531,23 @@ def execute(
     plan_: Plan,
     on_cell: Callable[[Protocol, int], None] | None = None,
     on_advance: Callable[[int], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[CellOutcome]:
-    """Run every cell of ``plan_``; ``on_cell(protocol, n)`` announces a cell, ``on_advance(k)`` reports images done."""
+    """Run every cell of ``plan_``; ``on_cell(protocol, n)`` announces a cell, ``on_advance(k)`` reports
+    images done, ``on_wait(message)`` that a cell is being computed by another process."""
+    remove_leftovers(plan_.request.output)
+    try:
+        return _execute(plan_, on_cell, on_advance, on_wait)
+    finally:
+        remove_leftovers(plan_.request.output)
+
+
+def _execute(
+    plan_: Plan,
+    on_cell: Callable[[Protocol, int], None] | None,
+    on_advance: Callable[[int], None] | None,
+    on_wait: Callable[[str], None] | None,
+) -> list[CellOutcome]:
     request = plan_.request
     device = plan_.device
     outcomes: list[CellOutcome] = []
@@ -501,15 +575,18 @@ def execute(
                 defended: torch.nn.Module = classifier
                 for part in defense.parts:
                     defended = part.wrap(defended, context)  # type: ignore[arg-type]
+                entry_samples = _requested_samples(request, dataset_plugin.name)
                 data_spec = DataSpec(
                     dataset=dataset_plugin.name,
                     split=dataset.split,
                     n_samples=len(indices),
                     indices_sha256=indices_sha256(indices),
                     selection=data_choice.selection if len(indices) < len(dataset) else "all",
-                    resolution=f"{dataset.pixels}, resized inside the model ({model.preprocess.describe()})",
+                    resolution=describe_resolution(dataset, indices, model),
                     preset=data_choice.preset,
                     templates=data_choice.templates,
+                    n_requested=entry_samples,
+                    fingerprint=source_fingerprint(dataset_plugin),
                 )
                 for attack, track in ((a, t) for a in plan_.attacks for t in defense.tracks):
                     eot = defense.eot_draws if track == "adaptive" else 1
@@ -517,10 +594,9 @@ def execute(
                     cascade_after = tuple(earlier.get(stage, ()))
                     protocol = Protocol(
                         model=PluginRef(model_plugin.name, original.fingerprint),
-                        defense=PluginRef(defense.spec, "+".join(p.version for p in defense.parts),
-                                          {p.name: p.params() for p in defense.parts}),
+                        defense=defense.ref(),
                         attack=PluginRef(attack.spec, attack.cls.version,
-                                         attack.build(eot).params(dataset.num_classes)),
+                                         attack.build(eot).params(dataset.num_classes), source_fingerprint(attack.cls)),
                         threat=attack.threat,
                         data=data_spec,
                         seed=request.seed,
@@ -534,19 +610,37 @@ def execute(
                         target=target_mode,
                         superclasses=superclasses.record() if superclasses is not None else None,
                         cascade_after=cascade_after,
+                        eval_draws=defense.eval_draws,
+                        bpda=defense.non_differentiable if track == "adaptive" else (),
                         versions=versions,
                     )
                     if on_cell:
                         on_cell(protocol, len(indices))
                     cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device, source_classifier,
-                                 superclasses, broken.get(stage, {}), request.eps_sweep)
-                    outcome = _run_cell(cell, request.output, meta, on_advance)
+                                 superclasses, broken.get(stage, {}), request.eps_sweep, defense.parts, original)
+                    outcome = _run_cell(cell, request.output, meta, on_advance, on_wait)
                     outcomes.append(outcome)
                     if request.cascade:
                         earlier.setdefault(stage, []).append(attack.spec)
                         done = outcome.rows[~outcome.rows["robust"]]
                         broken.setdefault(stage, {}).update(zip(done["sample_index"].tolist(), done["adv_pred"].tolist()))
     return outcomes
+
+
+def describe_resolution(dataset: ZeroShotDataset, indices: list[int], model: ClipModel) -> str:
+    """Where resizing happens, as it really does: the dataset's pixels (native or resized at load),
+    then the model's resize, or none when the images already have the model's input size."""
+    size = tuple(dataset[indices[0]][0].shape[-2:]) if indices else None
+    if size == tuple(model.preprocess.size):
+        return f"{dataset.pixels}; {size[0]}x{size[1]} images enter the model as they are (no resampling)"
+    return f"{dataset.pixels}; resized inside the model ({model.preprocess.describe()})"
+
+
+def _requested_samples(request: RunRequest, dataset: str) -> int | None:
+    """Images per dataset asked for: ``--samples``, or the protocol preset's count for ``dataset``."""
+    if request.protocol is None:
+        return request.n_samples
+    return next((entry.n_samples for entry in get_preset(request.protocol).datasets if entry.name == dataset), None)
 
 
 def _defended_source(plan_: Plan) -> tuple[ClipModel | None, DefenseContext | None, tuple[Defense, ...]]:
@@ -587,24 +681,75 @@ class _Cell:
     superclasses: SuperclassMap | None = None  # craft against this label space
     skip: dict[int, int] = field(default_factory=dict)  # cascade: sample index → adv_pred of an earlier attack
     eps_sweep: bool = True
+    parts: tuple[Defense, ...] = ()  # the defense's parts (their declared non-differentiable steps are checked)
+    original: ClipModel | None = None  # the model before training-time defenses (TTC's τ encoder)
 
 
 def _run_cell(
-    cell: _Cell, output: Path, meta: dict[str, Any], on_advance: Callable[[int], None] | None
+    cell: _Cell, output: Path, meta: dict[str, Any], on_advance: Callable[[int], None] | None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> CellOutcome:
+    """The cell's rows: read from its finished file, or computed (resuming its finished batches).
+
+    One process at a time computes a cell: the cell's lock file (``.partial/<cell>.lock``) is held
+    while it runs, and a second process waits for it (``on_wait`` says so), then reads the result.
+    """
     protocol, indices = cell.protocol, cell.indices
     cell_id = protocol.cell_hash()
     final = output / cell_filename(protocol)
-    if final.exists():
-        rows = _validated_existing(final, protocol)
-        if on_advance:
-            on_advance(len(indices))
-        return CellOutcome(final, protocol, "cached", rows)
     staging = output / results.PARTIAL_DIR / cell_id
+    if not final.exists():
+        with cell_lock(output, cell_id, on_wait):
+            if not final.exists():
+                return _compute_cell(cell, final, staging, meta, on_advance)
+    rows = _validated_existing(final, protocol)
+    shutil.rmtree(staging, ignore_errors=True)  # left by a process killed between its final write and cleanup
+    if on_advance:
+        on_advance(len(indices))
+    return CellOutcome(final, protocol, "cached", rows)
+
+
+@contextmanager
+def cell_lock(output: Path, cell_id: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the cell's exclusive lock (``fcntl.flock``, released by the kernel if the process dies)."""
+    path = output / results.PARTIAL_DIR / f"{cell_id}.lock"
+    while True:  # another process may remove the empty staging folder between mkdir and open
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(path, "a")
+            break
+        except FileNotFoundError:
+            continue
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait(f"cell {cell_id} is being computed by another process writing to {output}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # waiters hold the old file; they re-check the result after it
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compute_cell(
+    cell: _Cell, final: Path, staging: Path, meta: dict[str, Any], on_advance: Callable[[int], None] | None
+) -> CellOutcome:
+    protocol, indices = cell.protocol, cell.indices
+    cell_id = protocol.cell_hash()
     batch_size = protocol.batch_size
+    first = _load_batch(cell, indices[:batch_size])[0]
+    torch.manual_seed(batch_seed(protocol.seed, cell_id, -3))
+    with torch.no_grad():  # the defense's output contract, before anything else uses it
+        check_logits(cell.defended(first), len(first), cell.classifier.num_classes, protocol.defense.name)
+    torch.manual_seed(batch_seed(protocol.seed, cell_id, -3))
+    check_declared_steps(cell.parts, cell.defended, first)  # every declared step has its BPDA path, and no other
     flags = _measure_cell_flags(cell, indices[:batch_size], batch_seed(protocol.seed, cell_id, -1))
-    cost = inference_cost(cell.defended, cell.classifier, _load_batch(cell, indices[:batch_size])[0],
-                          batch_seed(protocol.seed, cell_id, -2))
+    encoders = [encoder_of(model) for model in (cell.model, cell.original) if model is not None]
+    cost = inference_cost(cell.defended, cell.classifier, first, batch_seed(protocol.seed, cell_id, -2),
+                          encoders=encoders, defense=protocol.defense.name)
     started = time.perf_counter()
     frames, resumed = [], False
     for start in range(0, len(indices), batch_size):
@@ -612,7 +757,8 @@ def _run_cell(
         batch_indices = indices[start : start + batch_size]
         frame = _read_part(part, batch_indices)
         if frame is None:
-            frame = _run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start))
+            frame = _run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start),
+                               batch_seed(protocol.seed, _clean_identity(protocol), start))
             frame["flags"] = flags
             frame = frame.assign(**cost)
             results.write_atomic(results.to_table(frame, {}), part)
@@ -629,9 +775,54 @@ def _run_cell(
     return CellOutcome(final, protocol, "resumed" if resumed else "computed", rows)
 
 
+def _clean_identity(protocol: Protocol) -> str:
+    """What determines a cell's clean predictions: model, defense, images, seed and evaluation draws —
+    not the track or the attack, so every cell of one setting shares its clean figure."""
+    identity = {k: protocol.to_dict()[k] for k in ("model", "defense", "data", "seed", "eval_draws", "batch_size")}
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
+
+
+def remove_leftovers(output: Path) -> list[Path]:
+    """Remove what killed runs left in ``output``: temporary files of an interrupted atomic write
+    (``.NAME.PID.tmp`` of a process that no longer runs), the staging folders of cells whose final
+    file exists, and the staging folder itself when nothing is left in it. Staging of unfinished cells
+    is kept (it is resumed). Safe while other processes write to ``output``. Returns the removed paths."""
+    removed = []
+    if not output.is_dir():
+        return removed
+    for tmp in [*output.glob(".*.tmp"), *output.glob(f"{results.PARTIAL_DIR}/*/.*.tmp")]:
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    partial = output / results.PARTIAL_DIR
+    if partial.is_dir():
+        finished = {path.stem.rsplit("__", 1)[-1] for path in output.glob("*.parquet")}
+        for folder in partial.iterdir():
+            if folder.is_dir() and folder.name in finished:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        try:
+            partial.rmdir()  # only when empty
+            removed.append(partial)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _validated_existing(path: Path, protocol: Protocol) -> pd.DataFrame:
     """An existing cell file must be complete and of the same protocol; otherwise stop, touching nothing."""
-    rows = results.read_file(path).to_pandas()
+    rows = results.read_cell(path)  # checksum, types and row consistency, as `results show` reads it
     complete = len(rows) == protocol.data.n_samples and (rows["cell_id"] == protocol.cell_hash()).all()
     if not complete:
         raise results.ResultsError(
@@ -682,7 +873,8 @@ def _measure_cell_flags(cell: _Cell, indices: list[int], seed: int) -> str:
     torch.manual_seed(seed)
     x, y = _load_batch(cell, indices)
     labels = y if cell.superclasses is None else cell.superclasses.of(y)
-    found = cell_flags(cell.defended, _in_label_space(cell, _crafting_model(cell)), x, labels)
+    found = cell_flags(cell.defended, _in_label_space(cell, _crafting_model(cell)), x, labels,
+                       declared_stochastic=cell.protocol.eval_draws > 1)
     if cell.eps_sweep and cell.attack.cls.name != "none":
         found += _eps_sweep_flags(cell, x[:SWEEP_SAMPLES], y[:SWEEP_SAMPLES], seed)
     return ";".join(found)
@@ -710,8 +902,7 @@ def _eps_sweep_flags(cell: _Cell, x: torch.Tensor, y: torch.Tensor, seed: int) -
         torch.manual_seed(seed)
         generator = torch.Generator(device=cell.device).manual_seed(seed)
         x_adv, _, _, _ = _attack(cell, x, y, replace(cell.attack, threat=scaled), generator)
-        with torch.no_grad():
-            robust.append(int((cell.defended(x_adv).argmax(dim=1) == y).sum()))
+        robust.append(int((predict(cell, x_adv, seed) == y).sum()))
     rises = [f for f, a, b in zip(SWEEP_FACTORS[1:], robust, robust[1:]) if b > a + SWEEP_TOLERANCE]
     return [f"eps-not-monotone=sweep {'/'.join(map(str, robust))} at {'/'.join(f'{f}x' for f in SWEEP_FACTORS[:len(robust)])}"] if rises else []
 
@@ -752,19 +943,50 @@ def _attack(
     return x_adv, target, attacked, counter
 
 
-def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
-    protocol, attack, device, defended = cell.protocol, cell.attack, cell.device, cell.defended
+def predict(cell: _Cell, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Predictions ``(N,)`` of the defended pipeline for images ``x``: the majority vote over
+    ``protocol.eval_draws`` forward draws (ties: the class with the higher mean probability; one draw
+    for a deterministic pipeline). Seeds torch's global generator, from which defenses draw.
+
+    Every draw's logits are checked: shape ``(N, C)`` for the dataset's C classes and finite.
+    """
+    torch.manual_seed(seed)
+    n, classes, draws = x.shape[0], cell.classifier.num_classes, cell.protocol.eval_draws
+    votes = torch.zeros(n, classes, device=x.device)
+    probabilities = torch.zeros(n, classes, device=x.device)
+    with torch.no_grad():
+        for _ in range(draws):
+            logits = cell.defended(x)
+            check_logits(logits, n, classes, cell.protocol.defense.name)
+            votes += F.one_hot(logits.argmax(dim=1), classes)
+            probabilities += logits.float().softmax(dim=1)
+    return (votes + probabilities / (draws + 1)).argmax(dim=1)  # the probability term is < 1: a tie-break
+
+
+def check_logits(logits: Any, n: int, classes: int, defense: str) -> None:
+    """A defended model must map N images to finite logits of shape ``(N, C)``."""
+    if not isinstance(logits, torch.Tensor) or logits.shape != (n, classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise RunError(f"defense {defense!r} returned logits of shape {shape} for {n} images of {classes} classes; "
+                       f"a defended model must return (N, C) = ({n}, {classes})")
+    if not torch.isfinite(logits).all():
+        raise RunError(f"defense {defense!r} returned non-finite logits (NaN or inf) for {n} images; nothing was recorded "
+                       "for this batch")
+
+
+def _run_batch(cell: _Cell, indices: list[int], seed: int, clean_seed: int) -> pd.DataFrame:
+    """One batch's rows. ``seed`` drives the attack and the adversarial predictions; ``clean_seed``
+    the clean predictions (it does not depend on the track or attack: :func:`_clean_identity`)."""
+    protocol, attack, device = cell.protocol, cell.attack, cell.device
     x, y = _load_batch(cell, indices)
+    started = time.perf_counter()
+    clean_pred = predict(cell, x, clean_seed)
     torch.manual_seed(seed)  # test-time defenses draw from the global generator
     generator = torch.Generator(device=device).manual_seed(seed)
-    started = time.perf_counter()
-    with torch.no_grad():
-        clean_pred = defended(x).argmax(dim=1)
     skip = torch.tensor([i in cell.skip for i in indices], dtype=torch.bool, device=device)
     x_adv, target, attacked, crafting = _attack(cell, x, y, attack, generator, skip)
     check_perturbation(x, x_adv, attack.threat, attack.spec)
-    with torch.no_grad():
-        adv_pred = defended(x_adv).argmax(dim=1)
+    adv_pred = predict(cell, x_adv, seed)
     if skip.any():  # cascade: keep the earlier attack's outcome
         earlier = torch.tensor([cell.skip.get(i, -1) for i in indices], dtype=adv_pred.dtype, device=device)
         adv_pred = torch.where(skip, earlier, adv_pred)
@@ -813,6 +1035,17 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int) -> pd.DataFrame:
             "target": target.cpu().numpy(),
             "attacked": attacked.cpu().numpy(),
             "cascade_after": ",".join(protocol.cascade_after),
+            "preset": data.preset or "",
+            "selection": data.selection,
+            "n_requested": -1 if data.n_requested is None else data.n_requested,
+            "templates": data.templates or "",
+            "start": protocol.start,
+            "source_model": protocol.source.name if protocol.source is not None else "",
+            "eval_draws": protocol.eval_draws,
+            "bpda": ",".join(protocol.bpda),
+            "defense_fingerprint": protocol.defense.fingerprint,
+            "attack_fingerprint": protocol.attack.fingerprint,
+            "dataset_fingerprint": data.fingerprint,
             "superclasses": cell.superclasses.name if cell.superclasses is not None else "",
             **_superclass_columns(cell.superclasses, y, clean_pred, adv_pred),
             "protocol": protocol.to_json(),
