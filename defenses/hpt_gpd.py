@@ -45,7 +45,8 @@ from vlmbench.defense import DefenseContext
 from vlmbench.finetune import (
     FineTuneConfig, FineTuneDefense, FineTuneError, Phase, Settings, Step, is_world_model, kl_divergence, original_model,
 )
-from vlmbench.models import ClipModel, resolve_model
+from vlmbench.models import ClipModel
+from vlmbench.resolve import resolve_model
 
 PAPER = Settings(
     data="tinyimagenet", batch_size=256, steps=3910, lr=5e-5, warmup=1000, optimizer="sgd", weight_decay=0.0,

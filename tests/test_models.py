@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import open_clip
 import pytest
 import torch
 
-from vlmbench.models import ModelLoadError, OpenClipModel, resolve_model
+from vlmbench.models import ModelLoadError, OpenClipModel
+from vlmbench.resolve import resolve_model
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -91,9 +93,75 @@ def test_hf_hub_model_loads_from_the_local_cache_offline(tiny_arch, tiny_checkpo
 
 def test_pretrained_tag_offline_is_a_one_line_error():
     with pytest.raises(ModelLoadError) as info:
-        resolve_model("RN50:openai").load()
+        resolve_model("RN50:openai").load(download=True)  # asked to download, but the hub is offline (conftest)
     message = str(info.value)
     assert "not in the local Hugging Face cache" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("spec", ["RN50:openai", "hf-hub:vlmbench/not-cached"])
+def test_weights_missing_from_the_cache_are_never_fetched_implicitly(spec, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(OpenClipModel, "_make_tokenizer", lambda self: pytest.fail("open_clip was asked to load"))
+    plugin = resolve_model(spec)
+    with pytest.raises(ModelLoadError) as info:
+        plugin.load()
+    assert str(info.value) == (
+        f"weights for model {spec!r} are not in the local cache; rerun with --download to fetch them, "
+        "or pass a checkpoint file as ARCH:/path/to/weights"
+    )
+    with pytest.raises(ModelLoadError, match="not in the local cache; rerun with --download"):
+        plugin.check_weights(download=False)
+    plugin.check_weights(download=True)  # asked for: nothing to refuse
+
+
+def test_a_load_without_download_keeps_the_hub_offline_and_restores_the_setting(
+        tiny_arch, tiny_checkpoint, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    seen = []
+    real_create = open_clip.create_model
+
+    def create_model(*args, **kwargs):
+        seen.append((os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE))
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    resolve_model(f"{tiny_arch}:{tiny_checkpoint}").load()
+    assert seen == [("1", True)]
+    assert "HF_HUB_OFFLINE" not in os.environ and hf_constants.HF_HUB_OFFLINE is False
+    resolve_model(f"{tiny_arch}:{tiny_checkpoint}").load(download=True)
+    assert seen[1] == (None, False)  # downloading was asked for: the hub may be used
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "wrong dtype"])
+def test_damaged_text_embedding_cache_is_rebuilt_once(damage, tiny_world_checkpoint, tmp_path, monkeypatch):
+    from vlmbench import classifier as clf
+    from vlmbench.world.tokenizer import WorldTokenizer
+
+    monkeypatch.setenv("VLMBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(clf, "_TEXT_CACHE", {})
+    model = OpenClipModel("tiny", "t", f"local-dir:{tiny_world_checkpoint}", tokenizer=WorldTokenizer).load()
+    calls = []
+    original = model.module.encode_text
+    monkeypatch.setattr(model.module, "encode_text", lambda tokens: calls.append(1) or original(tokens))
+    classes, templates = ["red circle", "blue square"], ["a {}."]
+    first = clf.class_text_embeddings(model, classes, templates)
+    (path,) = (tmp_path / "text").glob("*.pt")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        torch.save(first[:1] if damage == "wrong shape" else first.double(), path)
+    monkeypatch.setattr(clf, "_TEXT_CACHE", {})  # a later process
+    second = clf.class_text_embeddings(model, classes, templates)
+    assert len(calls) == 2 and torch.equal(first, second)
+    assert torch.equal(torch.load(path, weights_only=True), first)  # the file was rewritten whole
+    monkeypatch.setattr(clf, "_TEXT_CACHE", {})
+    clf.class_text_embeddings(model, classes, templates)
+    assert len(calls) == 2  # and serves later runs again
 
 
 @pytest.mark.parametrize(

@@ -158,7 +158,7 @@ def test_preset_choices_are_recorded_in_every_row(tiny_model_plugin_file, tmp_pa
     rows = pd.read_parquet(next((out / "a").glob("*.parquet")))
     data = Protocol.from_json(rows["protocol"].iloc[0]).data
     assert (data.preset, data.templates, data.selection, data.split) == ("fare13", "clip_benchmark", "all", "test")
-    assert data.resolution.startswith("native, resized inside the model") and len(rows) == 13
+    assert data.resolution == "native; 32x32 images enter the model as they are (no resampling)" and len(rows) == 13
     result = CliRunner().invoke(app, [*common, "--protocol", "coop", "--dataset", "eurosat", "--output", str(out / "c")])
     assert result.exit_code == 0, result.output
     rows = pd.read_parquet(next((out / "c").glob("*.parquet")))

@@ -11,7 +11,6 @@ Attack names on the command line are ``NAME`` or ``NAME-STEPS`` (``pgd-10``, ``c
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -20,6 +19,7 @@ import torch
 
 from vlmbench.config import NoConfig, config_dict
 from vlmbench.errors import VlmbenchError
+from vlmbench.names import parse_attack_name  # noqa: F401  (re-exported: its home is torch-free)
 from vlmbench.protocol import ThreatModel
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -94,21 +94,6 @@ class Attack(ABC):
         """The attack's parameters for the protocol record, as they take effect on a dataset with
         ``num_classes`` classes (attacks whose behaviour depends on it, such as target counts, say so)."""
         return config_dict(self.config)
-
-
-_STEPS_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<steps>\d+)$")
-
-
-def parse_attack_name(spec: str, known: list[str]) -> tuple[str, int | None]:
-    """``"pgd-10"`` → ``("pgd", 10)``; a registered name ending in digits wins over the suffix rule.
-
-    An unknown name keeps its suffix split off, so that suggestions compare the base name."""
-    if spec in known:
-        return spec, None
-    match = _STEPS_SUFFIX.match(spec)
-    if match:
-        return match["base"], int(match["steps"])
-    return spec, None
 
 
 # Tolerances for the budget check: float32 rounding of x + δ, nothing more.

@@ -67,7 +67,8 @@ def class_text_embeddings(
     every template filled with the class name, normalised again (the CLIP prompt-ensemble recipe).
 
     Cached per (model weights, class names, templates): in memory, and on disk under
-    ``cache_dir()/text`` (``disk_cache=False`` to skip the disk).
+    ``cache_dir()/text`` (``disk_cache=False`` to skip the disk). A disk entry that cannot be read
+    back as float32 ``(C, D)`` (truncated, foreign) is deleted and rebuilt once.
     """
     key_text = "\x1f".join([model.fingerprint, "\x1e".join(classnames), "\x1e".join(templates)])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
@@ -75,9 +76,8 @@ def class_text_embeddings(
     if key in _TEXT_CACHE:
         return _TEXT_CACHE[key].to(device)
     path = cache_dir() / "text" / f"{key}.pt"
-    if disk_cache and path.is_file():
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    else:
+    weights = _load_cached_embeddings(path, len(classnames)) if disk_cache else None
+    if weights is None:
         prompts = [template.format(name) for name in classnames for template in templates]
         chunks = []
         for start in range(0, len(prompts), batch_size):
@@ -91,11 +91,36 @@ def class_text_embeddings(
     return weights.to(device)
 
 
+def _load_cached_embeddings(path: Path, n_classes: int) -> torch.Tensor | None:
+    """The class embeddings stored at ``path``, or None when there are none. A file that fails to
+    load, or holds anything but a finite float32 ``(n_classes, D)`` tensor, is deleted (the caller
+    rebuilds it); an unreadable one (permissions, I/O) raises its ``OSError``."""
+    if not path.is_file():
+        return None
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception:  # truncated or foreign file: pickle, zip and torch errors alike
+        weights = None
+    if (isinstance(weights, torch.Tensor) and weights.dtype == torch.float32 and weights.dim() == 2
+            and weights.shape[0] == n_classes and weights.shape[1] > 0 and bool(torch.isfinite(weights).all())):
+        return weights
+    path.unlink(missing_ok=True)
+    return None
+
+
 def _atomic_torch_save(tensor: torch.Tensor, path: Path) -> None:
+    """Write ``tensor`` to ``path`` through a temporary file and a rename: readers see the old file
+    or the whole new one, never a part; a failed write (disk full) leaves no temporary behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(tensor, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(tensor, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class ZeroShotClassifier(torch.nn.Module):

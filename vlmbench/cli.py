@@ -1,15 +1,19 @@
 """``vlmbench`` command line: run, list, results, world.
 
-Every user-facing failure is a :class:`~vlmbench.errors.VlmbenchError`; the CLI prints it as one
-line on stderr and exits with status 2, without a traceback and without touching existing results.
+Every user-facing failure is a :class:`~vlmbench.errors.VlmbenchError` (or a full or read-only
+disk); the CLI prints it as one line on stderr and exits with status 2, without a traceback and
+without touching existing results. Options are checked by :mod:`vlmbench.preflight` before torch is
+imported, so that ``--help``, ``--version`` and a mistyped option answer in about a second.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,23 +34,60 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _version(value: bool) -> None:
+    if value:
+        from vlmbench import __version__
+
+        console.print(f"vlmbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Adversarial-robustness benchmark for zero-shot CLIP models."""
+
+
 def user_errors(func: F) -> F:
-    """Turn vlmbench's own errors into ``error: <one line>`` and exit status 2."""
+    """Turn vlmbench's own errors, and a full or unwritable disk, into ``error: <one line>`` and
+    exit status 2. Other exceptions keep their traceback (they are bugs)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except VlmbenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(str(exc))
+        except OSError as exc:
+            message = disk_error_message(exc)
+            if message is None:
+                raise
+            _fail(message)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _split(values: list[str] | None) -> tuple[str, ...]:
-    """Accept both repeated options and comma-separated lists."""
-    return tuple(v.strip() for value in values or [] for v in value.split(",") if v.strip())
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def disk_error_message(exc: OSError) -> str | None:
+    """The one-line message for a full disk or an unwritable file, else None (not a user error).
+    Reads ``exc.errno``, or the ``[Errno N]`` of the text (pyarrow's errors carry only that)."""
+    code = exc.errno
+    if code is None and (match := re.search(r"\[Errno (\d+)\]", str(exc))):
+        code = int(match[1])
+    filename = exc.filename if exc.filename is not None else "a file"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return f"no space left on the device{where}; free space and rerun — finished cells are kept"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"cannot write {filename}: permission denied; fix the permissions or write elsewhere (--output, VLMBENCH_CACHE)"
+    if code == errno.EROFS:
+        return f"cannot write {filename}: read-only file system; write elsewhere (--output, VLMBENCH_CACHE)"
+    return None
 
 
 def _load_plugin_sources(sources: list[str] | None) -> None:
@@ -83,12 +124,13 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
     data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download missing datasets where their own loader can.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Download missing model weights (pretrained tags, hf-hub:) and datasets where their own loader can; never done otherwise.")] = False,
     output: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     attack_param: Annotated[list[str] | None, typer.Option(help="Attack parameter key=value (repeatable).")] = None,
     defense_param: Annotated[list[str] | None, typer.Option(help="Defense parameter key=value (repeatable).")] = None,
     track: Annotated[str | None, typer.Option(help="oblivious, adaptive or both (default: both for test-time defenses).")] = None,
     eot: Annotated[int | None, typer.Option(help="EOT draws per gradient on the adaptive track (default: 10 if the defense is random).")] = None,
+    eval_draws: Annotated[int | None, typer.Option(help="Forward draws whose majority vote is a random defense's prediction (default: 10).")] = None,
     source_model: Annotated[str | None, typer.Option(help="Craft the attacks on this model instead (transfer track).")] = None,
     source_defense: Annotated[str | None, typer.Option(help="Defend the transfer source with this defense.")] = None,
     target: Annotated[str | None, typer.Option(help="Targeted attack: random, least-likely, a class index or name.")] = None,
@@ -98,21 +140,35 @@ def run(
     plugin: PluginOption = None,
 ) -> None:
     """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
-    import pandas as pd
+    from vlmbench.preflight import split_values, validate_request_options
+
+    _load_plugin_sources(plugin)  # before the names are checked: its plugins count
+    models, defenses = split_values(model, "--model"), split_values(defense, "--defense")
+    attacks, datasets, radii = split_values(attack, "--attack"), split_values(dataset, "--dataset"), split_values(eps, "--eps")
+    validate_request_options(
+        models=models, source_model=source_model, download=download, defenses=defenses, attacks=attacks,
+        datasets=datasets, eps=radii, norm=norm, step_size=step_size, restarts=restarts, samples=samples,
+        selection=selection, seed=seed, batch_size=batch_size, threads=threads, track=track, eot=eot, eval_draws=eval_draws,
+        source_defense=source_defense,
+    )
+    from vlmbench.resolve import resolve_model
+
+    for spec in (*models, *([source_model] if source_model else [])):  # registered plugins' weights: before any work
+        resolve_model(spec).check_weights(download)
+    import pandas as pd  # the heavy imports come only after the options passed
     import torch
 
     from vlmbench.runner import RunRequest, execute, plan
 
     if threads is not None:
         torch.set_num_threads(threads)
-    _load_plugin_sources(plugin)
     defaults = RunRequest()
     request = RunRequest(
-        models=_split(model) or defaults.models,
-        defenses=_split(defense) or defaults.defenses,
-        attacks=_split(attack) or defaults.attacks,
-        datasets=_split(dataset) or (("*",) if protocol else defaults.datasets),
-        eps=_split(eps) or defaults.eps,
+        models=models or defaults.models,
+        defenses=defenses or defaults.defenses,
+        attacks=attacks or defaults.attacks,
+        datasets=datasets or (("*",) if protocol else defaults.datasets),
+        eps=radii or defaults.eps,
         norm=norm,
         step_size=step_size,
         restarts=restarts,
@@ -131,6 +187,7 @@ def run(
         defense_params=tuple(defense_param or ()),
         track=track,
         eot_draws=eot,
+        eval_draws=eval_draws,
         source_model=source_model,
         source_defense=source_defense,
         target=target,
@@ -139,6 +196,8 @@ def run(
         eps_sweep=eps_sweep,
     )
     the_plan = plan(request)
+    notes: list[str] = list(getattr(the_plan, "notes", []))
+    print_notes(notes)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -157,7 +216,8 @@ def run(
         from vlmbench.finetune import reporting
 
         with reporting(_training_progress(progress)):  # fine-tuning of training-time defenses
-            outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k))
+            outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k),
+                               on_wait=lambda message: progress.console.print(f"note: {message}", highlight=False))
         progress.update(task, description="done")
     print_report(pd.concat([o.rows for o in outcomes], ignore_index=True))
     cached = sum(o.status == "cached" for o in outcomes)
@@ -165,6 +225,13 @@ def run(
     console.print(
         f"{len(outcomes)} cells ({cached} already complete, {resumed} resumed) → {output}/", highlight=False
     )
+    print_notes(notes)  # again, where the eye lands after the tables
+
+
+def print_notes(notes: list[str]) -> None:
+    """Print the plan's notes (what the run does differently from what was asked) to stderr."""
+    for note in notes:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
 def print_report(rows: Any) -> None:
@@ -179,9 +246,10 @@ def print_summary(summary: Any) -> None:
     """Print :func:`vlmbench.results.summarize` as one table per (model, defense, track, norm, ε):
     a row per dataset (and the mean), the clean accuracy, and one robust-accuracy column per attack;
     the caption gives the defended model's inference cost relative to the undefended one."""
-    keys = ["model", "defense", "track", "norm", "eps_label"]
-    for (model, defense, track, norm, eps), group in summary.groupby(keys, sort=False):
-        title = f"{model} · defense {defense} · {track} · {norm} ε={eps} (robust %)"
+    keys = ["model", "defense", "track", "norm", "eps_label", "variant"]
+    for (model, defense, track, norm, eps, variant), group in summary.groupby(keys, sort=False):
+        measured = f" · {variant}" if variant else ""  # cells measured differently are separate tables
+        title = f"{model} · defense {defense} · {track} · {norm} ε={eps}{measured} (robust %)"
         table = Table(title=title, title_justify="left")
         table.add_column("dataset", no_wrap=True)
         table.add_column("n", justify="right")
@@ -219,6 +287,8 @@ def print_summary(summary: Any) -> None:
         table.caption = (f"inference per image vs undefended: ×{group['cost_time_ratio'].mean():.1f} time, "
                          f"{group['cost_forward'].mean():.1f} forward + {group['cost_backward'].mean():.1f} "
                          "backward encoder passes (undefended: 1 + 0)")
+        for note in dict.fromkeys(n for n in group["note"] if n):
+            table.caption += f"\n{note}"
         table.caption_justify = "left"
         console.print(table)
 
@@ -233,10 +303,15 @@ def print_flags(rows: Any) -> None:
         return
     console.print(f"sanity flags ({len(found)}):", highlight=False)
     for flag in found.itertuples(index=False):
-        where = " · ".join(v for v in (flag.model, flag.defense, flag.attack, flag.track, flag.eps_label, flag.dataset) if v != "*")
+        where = " · ".join(v for v in (flag.model, flag.defense, flag.attack, flag.track, flag.eps_label, flag.dataset,
+                                       flag.variant) if v not in ("*", ""))
         detail = f"{flag.detail}; " if flag.detail else ""
         console.print(f"  [bold]{flag.flag}[/] ({DOCS}#{flag.flag}) {where}: {detail}{FLAGS[flag.flag]}",
                       highlight=False, soft_wrap=True)
+
+
+_LIST_COLUMNS = {"datasets": ("status",), "defenses": ("kind", "random", "non-differentiable (BPDA)"),
+                 "attacks": ("norms",), "models": ()}
 
 
 @app.command("list")
@@ -246,33 +321,32 @@ def list_plugins(
     data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
     plugin: PluginOption = None,
 ) -> None:
-    """List registered plugins with a one-line description each."""
+    """List registered plugins with a one-line description each (defenses: kind, randomness, BPDA steps)."""
     from vlmbench.registry import KINDS, PluginError, plugins, unknown_name_message
 
     if kind is not None and kind not in KINDS:
         raise PluginError(unknown_name_message("plugin kind", kind, list(KINDS)))
     _load_plugin_sources(plugin)
+    out = console if console.is_terminal else Console(width=max(console.width, 240))  # piped: one line a row
     for name in [kind] if kind else list(KINDS):
         table = Table(title=name, title_justify="left")
-        table.add_column("name")
-        table.add_column("description")
-        if name == "datasets":
-            table.add_column("status")
-        if name in ("defenses", "attacks"):
-            table.add_column("kind" if name == "defenses" else "norms")
+        columns = _LIST_COLUMNS[name]
+        for column in ("name", "description", *columns):
+            table.add_column(column)
         for plugin_name, value, error in plugins()[name].items():
             if error is not None:
-                table.add_row(plugin_name, f"[red]broken:[/] {error}", *([""] if name != "models" else []))
+                table.add_row(plugin_name, f"[red]broken:[/] {error}", *[""] * len(columns))
                 continue
             extra: list[str] = []
             if name == "datasets":
                 extra = [value.status(data_root)]
             elif name == "defenses":
-                extra = [value.kind()]
+                extra = [value.kind(), "yes" if getattr(value, "stochastic", False) else "no",
+                         ", ".join(getattr(value, "non_differentiable", ()))]
             elif name == "attacks":
                 extra = [", ".join(value.norms)]
             table.add_row(plugin_name, value.description, *extra)
-        console.print(table)
+        out.print(table)
 
 
 def _training_progress(progress: Progress) -> Callable[[str, str, int, int], None]:
@@ -306,8 +380,8 @@ def train(
     from vlmbench.config import build_config
     from vlmbench.defense import DefenseContext
     from vlmbench.finetune import CURVE_FILE, reporting
-    from vlmbench.models import resolve_model
     from vlmbench.registry import plugins
+    from vlmbench.resolve import resolve_model
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -10,10 +10,15 @@
 
 Preprocessing constants (mean, std, interpolation, input size) come from the pretrained tag or the
 model folder's config, exactly as open_clip would use them, and are applied inside the classifier.
+
+Weights are never downloaded implicitly: a pretrained tag or an ``hf-hub:`` repository whose weights
+are not in the local cache is a :class:`ModelLoadError` unless the load asks for ``download=True``
+(``vlmbench run --download``). :func:`vlmbench.resolve.resolve_model` turns a spec into a plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,13 +29,10 @@ from pathlib import Path
 
 import torch
 
-from vlmbench.errors import VlmbenchError
+from vlmbench.names import import_object
+from vlmbench.weights import ModelLoadError, hub_offline, missing_weights_message, weights_are_local
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
-
-
-class ModelLoadError(VlmbenchError):
-    """A model spec could not be resolved or its weights could not be loaded."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,15 @@ class ModelPlugin(ABC):
     description: str
 
     @abstractmethod
-    def load(self, device: torch.device | str = "cpu") -> ClipModel:
-        """Load the model onto ``device``; raises :class:`ModelLoadError` with a one-line message."""
+    def load(self, device: torch.device | str = "cpu", download: bool = False) -> ClipModel:
+        """Load the model onto ``device``; raises :class:`ModelLoadError` with a one-line message.
+
+        ``download``: fetch weights that are not in the local cache; without it, missing weights are
+        an error and nothing is fetched."""
+
+    def check_weights(self, download: bool = False) -> None:
+        """Raise :class:`ModelLoadError` now when :meth:`load` would need weights that are not local
+        and ``download`` is False. Cheap (no weights are read); the default has nothing to check."""
 
 
 class OpenClipModel(ModelPlugin):
@@ -132,14 +141,18 @@ class OpenClipModel(ModelPlugin):
         self.pretrained = pretrained
         self._tokenizer = tokenizer
 
-    def load(self, device: torch.device | str = "cpu") -> ClipModel:
+    def load(self, device: torch.device | str = "cpu", download: bool = False) -> ClipModel:
+        """See :meth:`ModelPlugin.load`; without ``download`` the hub is not contacted at all
+        (``HF_HUB_OFFLINE=1`` for the duration of the load)."""
+        self.check_weights(download)
         import open_clip
 
         try:
-            module = open_clip.create_model(
-                self.model_name, pretrained=self.pretrained, device=device, require_pretrained=True
-            )
-            tokenizer = self._make_tokenizer()
+            with contextlib.nullcontext() if download else hub_offline():
+                module = open_clip.create_model(
+                    self.model_name, pretrained=self.pretrained, device=device, require_pretrained=True
+                )
+                tokenizer = self._make_tokenizer()
         except Exception as exc:
             raise ModelLoadError(_explain_load_failure(self.name, exc)) from exc
         cfg = open_clip.get_model_preprocess_cfg(module)
@@ -165,6 +178,11 @@ class OpenClipModel(ModelPlugin):
         module = freeze(module)
         return ClipModel(self.name, module, tokenizer, preprocess, parameter_fingerprint(module))
 
+    def check_weights(self, download: bool = False) -> None:
+        """Pretrained tags and ``hf-hub:`` repositories must be in the local cache unless ``download``
+        (:func:`vlmbench.weights.weights_are_local`); checkpoint files and ``local-dir:`` folders are local."""
+        if not download and not weights_are_local(self.model_name, self.pretrained):
+            raise ModelLoadError(missing_weights_message(self.name))
 
     def _make_tokenizer(self) -> Tokenizer:
         """The explicit tokenizer factory, else the one a local-dir config names under
@@ -176,8 +194,6 @@ class OpenClipModel(ModelPlugin):
         if self.model_name.startswith("local-dir:"):
             config = json.loads((Path(self.model_name.split(":", 1)[1]) / "open_clip_config.json").read_text())
             if "vlmbench_tokenizer" in config:
-                from vlmbench.registry import import_object
-
                 return import_object(config["vlmbench_tokenizer"])()
         return open_clip.get_tokenizer(self.model_name)
 
@@ -195,41 +211,3 @@ def _explain_load_failure(spec: str, exc: Exception) -> str:
             "put the weights in the cache or pass a checkpoint file as ARCH:/path/to/weights"
         )
     return f"cannot load model {spec!r}: {text}"
-
-
-def resolve_model(spec: str) -> ModelPlugin:
-    """The model plugin for a ``--model`` value (see the module docstring for the grammar).
-
-    Raises:
-        ModelLoadError: malformed spec or unknown architecture (with close matches).
-    """
-    from vlmbench.registry import PluginError, plugins, unknown_name_message
-
-    registry = plugins().models
-    if spec in registry:
-        try:
-            return registry.get(spec)
-        except PluginError as exc:
-            raise ModelLoadError(str(exc)) from exc
-    if spec.startswith(("hf-hub:", "local-dir:")):
-        if spec.startswith("local-dir:") and not Path(spec.split(":", 1)[1]).is_dir():
-            raise ModelLoadError(f"model folder {spec.split(':', 1)[1]!r} does not exist")
-        return OpenClipModel(spec, "open_clip model", spec)
-    arch, sep, pretrained = spec.partition(":")
-    import open_clip
-
-    if arch not in open_clip.list_models():
-        known = registry.names() + open_clip.list_models()
-        raise ModelLoadError(unknown_name_message("model", arch if sep else spec, known))
-    if not sep or not pretrained:
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)[:6]) or "none built in"
-        raise ModelLoadError(
-            f"model {spec!r} needs weights: use {arch}:TAG (tags: {tags}) or {arch}:/path/to/checkpoint"
-        )
-    looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
-    if looks_like_path and not Path(pretrained).is_file():
-        raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist")
-    if not looks_like_path and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
-        known_tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise ModelLoadError(unknown_name_message(f"pretrained tag for {arch}", pretrained, known_tags))
-    return OpenClipModel(spec, "open_clip model", arch, pretrained)

@@ -49,9 +49,9 @@ from PIL import Image
 
 from vlmbench.data import DatasetNotFoundError, ZeroShotDataset
 from vlmbench.errors import VlmbenchError
+from vlmbench.preflight import SELECTIONS
 from vlmbench.registry import unknown_name_message
 
-SELECTIONS = ("first", "random", "balanced")
 RESOLUTIONS = ("native", "224-before-attack")
 
 

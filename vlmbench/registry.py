@@ -21,7 +21,6 @@ class/instance of a plugin type that carries a ``name`` attribute is registered 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from vlmbench.errors import VlmbenchError
+from vlmbench.names import import_object, unknown_name_message
 
 T = TypeVar("T")
 
@@ -132,27 +132,10 @@ class Registry(Generic[T]):
                 yield name, None, str(exc)
 
 
-def unknown_name_message(what: str, name: str, known: list[str]) -> str:
-    """``unknown attack 'pgdd'; did you mean 'pgd'?`` (or the list of known names)."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    if close:
-        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    else:
-        hint = "known: " + (", ".join(known) if known else "none registered")
-    return f"unknown {what} {name!r}; {hint}"
-
-
-def import_object(spec: str) -> Any:
-    """The object named by ``"package.module:attr.sub"`` (an entry point's value)."""
-    module_name, _, attr = spec.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split(".") if attr else []:
-        obj = getattr(obj, part)
-    return obj
-
-
 def _checker(kind: str) -> Callable[[Any], str | None]:
-    """Base-class check for each kind, imported lazily to keep ``import vlmbench.registry`` light."""
+    """Base-class check for each kind. The contracts are imported lazily, on the first check, so that
+    ``import vlmbench.registry`` stays torch-free; the dependency is one-way (no contract imports the
+    registry)."""
 
     def check(value: Any) -> str | None:
         if kind == "defenses":

@@ -48,7 +48,8 @@ from vlmbench.flags import cell_flags
 from vlmbench.models import ClipModel, ModelPlugin
 from vlmbench.resolve import resolve_model
 from vlmbench.datasets.text import with_templates
-from vlmbench.presets import (SELECTIONS, PresetDataset, Resized, balanced_indices, dataset_labels, get_preset,
+from vlmbench.preflight import SELECTIONS, TRACKS
+from vlmbench.presets import (PresetDataset, Resized, balanced_indices, dataset_labels, get_preset,
                               missing_datasets_error)
 from vlmbench.protocol import (DataSpec, PluginRef, Protocol, ThreatModel, canonical_json, default_step_size,
                                indices_sha256)
@@ -137,7 +138,6 @@ class RunRequest:
     eps_sweep: bool = True
 
 
-TRACKS = ("oblivious", "adaptive", "both")
 DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018: EOT over ≥ 10 draws for random defenses
 DEFAULT_EVAL_DRAWS = 10  # majority vote over this many draws scores a random defense (issue: one draw
 # of TTC gave 32.5% and 22.5% clean accuracy on the same 40 images; 20 draws average 30.75%)
@@ -555,7 +555,7 @@ def _execute(
     versions = meta["versions"]
     source, source_context, source_wrappers = _defended_source(plan_)
     for model_plugin in plan_.models:
-        original = model_plugin.load(device)
+        original = model_plugin.load(device, download=request.download)
         for defense in plan_.defenses:
             context = DefenseContext(cache_dir() / "defenses", device, request.seed, request.data_root, original)
             model = original
@@ -648,7 +648,7 @@ def _defended_source(plan_: Plan) -> tuple[ClipModel | None, DefenseContext | No
     its test-time parts."""
     if plan_.source is None:
         return None, None, ()
-    source = plan_.source.load(plan_.device)
+    source = plan_.source.load(plan_.device, download=plan_.request.download)
     parts = plan_.source_defense.parts if plan_.source_defense else ()
     context = DefenseContext(cache_dir() / "defenses", plan_.device, plan_.request.seed, plan_.request.data_root, source)
     for part in parts:
