@@ -41,6 +41,8 @@ Both presets are printed in each plugin's docstring.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import contextvars
 import copy
@@ -57,9 +59,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -68,6 +67,9 @@ from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
 from vlmbench.models import ClipModel, freeze, parameter_fingerprint
 from vlmbench.protocol import ThreatModel
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ENGINE_VERSION = "1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -701,6 +703,10 @@ def _finish(folder: Path, key: dict[str, Any], trained: dict[str, torch.nn.Param
     from safetensors.torch import save_file
 
     state = {k: p.detach().cpu().contiguous() for k, p in trained.items()}
+    import pandas as pd  # here, not at import: defenses import this module, `vlmbench list` lists them
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     curve = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
     _atomic(folder / CURVE_FILE, lambda p: pq.write_table(curve, p))
     _atomic(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
@@ -717,4 +723,6 @@ def _finish(folder: Path, key: dict[str, Any], trained: dict[str, torch.nn.Param
 
 def read_loss_curve(folder: Path) -> pd.DataFrame:
     """The loss curve saved with a checkpoint."""
+    import pyarrow.parquet as pq
+
     return pq.read_table(folder / CURVE_FILE).to_pandas()

@@ -22,9 +22,13 @@ Across cells (:func:`result_flags`):
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # pandas is imported where rows are read: defenses import this module for FLAGS
+    import pandas as pd
 
 FLAGS: dict[str, str] = {
     "forward-randomness": "the defended model's forward pass is random but the defense does not declare it: declare stochastic = True so EOT and vote scoring are used",
@@ -85,6 +89,8 @@ def result_flags(rows: pd.DataFrame) -> pd.DataFrame:
     step size it implies) only, ``adaptive-weaker`` cells that differ in the track (and what it
     implies: EOT, BPDA, start, defense loss) only.
     """
+    import pandas as pd
+
     from vlmbench import results
 
     found: list[dict[str, str]] = []
