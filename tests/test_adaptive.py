@@ -47,7 +47,7 @@ def test_adaptive_attack_beats_oblivious_on_toy_defenses(defense, tmp_path):
     result = CliRunner().invoke(app, [
         "run", "--plugin", str(TOY), "--defense", defense, "--model", "world-rn", "--attack", "pgd-10",
         "--eps", "4/255", "--dataset", "world-colour,world-shape", "--samples", "48", "--eot", "5",
-        "--threads", "1", "--output", str(tmp_path),
+        "--adaptive-steps", "0", "--threads", "1", "--output", str(tmp_path),
     ])
     assert result.exit_code == 0, result.output
     rows = results.load_results(tmp_path)
@@ -62,10 +62,39 @@ def test_adaptive_attack_beats_oblivious_on_toy_defenses(defense, tmp_path):
     assert (backward == 10 + 10 * adaptive.eot_draws).all()  # 10 oblivious steps, then 10 EOT-averaged ones
 
 
+def test_the_adaptive_track_runs_at_least_its_minimum_budget_and_says_so(tmp_path):
+    """PGD-2 asked for: the oblivious cell runs 2 steps, the adaptive one the minimum (here 6), recorded
+    in the protocol and the rows, and named in the summary; attacks that cannot start from the
+    oblivious result (none) are left as they are."""
+    result = CliRunner().invoke(app, [
+        "run", "--plugin", str(TOY), "--defense", "toy-quantise", "--model", "world-rn", "--attack", "pgd-2,none",
+        "--eps", "4/255", "--dataset", "world-colour", "--samples", "4", "--adaptive-steps", "6", "--no-eps-sweep",
+        "--threads", "1", "--output", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = results.load_results(tmp_path)
+    steps = rows[rows["attack"] == "pgd-2"].groupby("track")["steps"].unique().map(list).to_dict()
+    assert steps == {"oblivious": [2], "adaptive": [6]}
+    adaptive = Protocol.from_json(rows.loc[(rows["track"] == "adaptive") & (rows["attack"] == "pgd-2"), "protocol"].iloc[0])
+    from vlmbench.protocol import default_step_size
+
+    assert adaptive.threat.steps == 6 and adaptive.threat.step_size == default_step_size("linf", 4 / 255, 6)
+    assert (rows.loc[(rows["track"] == "adaptive") & (rows["attack"] == "pgd-2"), "backward_passes"] == 12).all()
+    assert "pgd-2 (6 steps)" in results.summarize(rows)["attack"].tolist()
+    assert set(rows.loc[rows["attack"] == "none", "steps"]) == {0}
+    from vlmbench.runner import DEFAULT_ADAPTIVE_STEPS, RunRequest, plan
+
+    request = RunRequest(defenses=("ttc",), attacks=("pgd-10",), datasets=("world-size",), output=tmp_path / "p")
+    (attack,) = plan(request).attacks
+    from vlmbench.runner import adaptive_budget
+
+    assert adaptive_budget(attack, request).threat.steps == DEFAULT_ADAPTIVE_STEPS > 10
+
+
 def test_defaults_and_bad_track_options(tmp_path):
     runner = CliRunner()
     base = ["run", "--plugin", str(TOY), "--model", "world-vit", "--dataset", "world-size", "--samples", "4",
-            "--attack", "pgd-2", "--threads", "1"]
+            "--attack", "pgd-2", "--threads", "1", "--adaptive-steps", "0"]
     done = runner.invoke(app, [*base, "--defense", "toy-noise", "--track", "adaptive", "--output", str(tmp_path / "a")])
     assert done.exit_code == 0, done.output
     rows = results.load_results(tmp_path / "a")

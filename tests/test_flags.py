@@ -18,7 +18,8 @@ TOY = Path(__file__).parent / "plugins" / "toy_defenses.py"
 
 def run(tmp_path: Path, *args: str):
     return CliRunner().invoke(app, ["run", "--plugin", str(TOY), "--model", "world-rn", "--dataset", "world-colour",
-                                    "--samples", "8", "--threads", "1", "--output", str(tmp_path), *args])
+                                    "--samples", "8", "--threads", "1", "--adaptive-steps", "0", "--output", str(tmp_path),
+                                    *args])
 
 
 def test_random_and_gradient_masking_defenses_are_flagged_per_cell(tmp_path):

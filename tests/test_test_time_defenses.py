@@ -16,7 +16,8 @@ from vlmbench.protocol import Protocol
 
 PLUGINS = Path(__file__).parent / "plugins"
 BASE = ["run", "--model", "world-rn", "--dataset", "world-colour", "--attack", "pgd-2", "--eps", "4/255",
-        "--threads", "1", "--eot", "2", "--no-eps-sweep"]  # the sweep is tested in test_targets
+        "--threads", "1", "--eot", "2", "--no-eps-sweep",  # the sweep is tested in test_targets
+        "--adaptive-steps", "0"]  # the adaptive budget is tested in test_adaptive
 
 
 def _run(tmp_path: Path, *args: str):

@@ -131,6 +131,7 @@ def run(
     track: Annotated[str | None, typer.Option(help="oblivious, adaptive or both (default: both for test-time defenses).")] = None,
     eot: Annotated[int | None, typer.Option(help="EOT draws per gradient on the adaptive track (default: 10 if the defense is random).")] = None,
     eval_draws: Annotated[int | None, typer.Option(help="Forward draws whose majority vote is a random defense's prediction (default: 10).")] = None,
+    adaptive_steps: Annotated[int | None, typer.Option(help="Minimum steps of PGD/CW on the adaptive track (default: 40; 0: the attack's own).")] = None,
     source_model: Annotated[str | None, typer.Option(help="Craft the attacks on this model instead (transfer track).")] = None,
     source_defense: Annotated[str | None, typer.Option(help="Defend the transfer source with this defense.")] = None,
     target: Annotated[str | None, typer.Option(help="Targeted attack: random, least-likely, a class index or name.")] = None,
@@ -149,6 +150,7 @@ def run(
         models=models, source_model=source_model, download=download, defenses=defenses, attacks=attacks,
         datasets=datasets, eps=radii, norm=norm, step_size=step_size, restarts=restarts, samples=samples,
         selection=selection, seed=seed, batch_size=batch_size, threads=threads, track=track, eot=eot, eval_draws=eval_draws,
+        adaptive_steps=adaptive_steps,
         source_defense=source_defense,
     )
     from vlmbench.resolve import resolve_model
@@ -188,6 +190,7 @@ def run(
         track=track,
         eot_draws=eot,
         eval_draws=eval_draws,
+        adaptive_steps=adaptive_steps,
         source_model=source_model,
         source_defense=source_defense,
         target=target,

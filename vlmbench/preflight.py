@@ -65,6 +65,7 @@ def validate_request_options(
     track: str | None = None,
     eot: int | None = None,
     eval_draws: int | None = None,
+    adaptive_steps: int | None = None,
     source_defense: str | None = None,
 ) -> None:
     """Refuse option values that are wrong on their own; torch-free. ``()`` and ``None`` stand for
@@ -89,6 +90,8 @@ def validate_request_options(
             raise OptionError(f"bad {what} {value} ({option}): must be ≥ 1{default}")
     if seed < 0:
         raise OptionError(f"bad --seed {seed}: seeds are integers ≥ 0")
+    if adaptive_steps is not None and adaptive_steps < 0:
+        raise OptionError(f"bad number of adaptive steps {adaptive_steps} (--adaptive-steps): must be ≥ 0 (0: the attack's own)")
     if track is not None and track not in TRACKS:
         raise OptionError(f"bad track {track!r}: use oblivious, adaptive or both")
     if selection not in SELECTIONS:

@@ -395,7 +395,8 @@ _DATASET_KEYS = {"data.dataset", "data.split", "data.n_samples", "data.indices_s
                  "data.fingerprint", "dataset_fingerprint"}
 _ATTACK_KEYS = {"threat.steps", "threat.step_size", "threat.restarts", "threat.random_start", "eot_draws",
                 "defense_loss", "start", "target", "cascade_after", "bpda", "worst_of"}
-_TRACK_KEYS = {"track", "start", "defense_loss", "eot_draws", "bpda"}
+_TRACK_KEYS = {"track", "start", "defense_loss", "eot_draws", "bpda", "threat.steps", "threat.step_size"}
+# (the adaptive track runs iterative attacks for at least --adaptive-steps: steps and step size follow the track)
 _EPS_KEYS = {"threat.eps", "threat.eps_label", "threat.step_size"}
 _SELECTION_KEYS = ("data.selection", "selection")
 _REQUESTED_KEYS = ("data.n_requested", "n_requested")
@@ -707,9 +708,15 @@ def worst_case(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def attack_labels(rows: pd.DataFrame) -> pd.Series:
-    """The attack as summaries name it: ``pgd-10``, plus ``→random`` (target mode), ``⊂shape``
-    (superclass map) or ``after pgd-10`` (cascade) when the cell was run that way."""
+    """The attack as summaries name it: ``pgd-10``, plus ``(40 steps)`` when it ran another number of
+    steps than its name says (the adaptive track's minimum budget), ``→random`` (target mode),
+    ``⊂shape`` (superclass map) or ``after pgd-10`` (cascade) when the cell was run that way."""
+    from vlmbench.names import parse_attack_name
+
     label = rows["attack"].astype(str)
+    named = label.map(lambda spec: parse_attack_name(spec, [])[1])
+    other_steps = named.notna() & (named != rows["steps"])
+    label = label.where(~other_steps, label + " (" + rows["steps"].astype(str) + " steps)")
     targeted = rows["target_mode"] != "untargeted"
     label = label.where(~targeted, label + " →" + rows["target_mode"].astype(str))
     coarse = rows["superclasses"] != ""
