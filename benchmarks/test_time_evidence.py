@@ -71,9 +71,18 @@ def table(rows: pd.DataFrame, defenses: list[str], eps_labels: list[str]) -> str
     datasets = ", ".join(dict.fromkeys(per_dataset["dataset"]))
     n = int(per_dataset["n"].iloc[0])
     lines.append("")
+    adaptive_rows = rows[rows["track"] == "adaptive"]
+    budget = ""
+    if len(adaptive_rows):
+        budget = (f"; the adaptive track ran {', '.join(map(str, sorted(set(adaptive_rows['steps']))))} steps with "
+                  f"EOT {', '.join(map(str, sorted(set(adaptive_rows['eot_draws']))))} from the oblivious result")
+    draws = sorted(set(rows["eval_draws"]))
+    clean = rows.groupby(["defense", "eps_label", "dataset", "sample_index"])["clean_pred"].nunique()
+    same_clean = "identical on both tracks" if (clean == 1).all() else "NOT identical on both tracks"
     lines.append(f"Model {rows['model'].iloc[0]}, {n} images per dataset ({datasets}); accuracies are unweighted means "
-                 "over the datasets; clean % from the oblivious cells; time × and passes: one clean prediction of the "
-                 "defended model per image relative to the undefended classifier (1 forward / 0 backward).")
+                 f"over the datasets; clean % from the oblivious cells ({same_clean}); random defenses scored by "
+                 f"the majority vote of {', '.join(map(str, draws))} draws{budget}; time × and passes: one clean "
+                 "prediction of the defended model per image relative to the undefended classifier (1 forward / 0 backward).")
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ from vlmbench.flags import cell_flags
 from vlmbench.models import ClipModel, ModelPlugin
 from vlmbench.resolve import resolve_model
 from vlmbench.datasets.text import with_templates
-from vlmbench.preflight import SELECTIONS, TRACKS
+from vlmbench.preflight import validate_request_options
 from vlmbench.presets import (PresetDataset, Resized, balanced_indices, dataset_labels, get_preset,
                               missing_datasets_error)
 from vlmbench.protocol import (DataSpec, PluginRef, Protocol, ThreatModel, canonical_json, default_step_size,
@@ -236,22 +236,14 @@ def plan(request: RunRequest) -> Plan:
                            ("--model", request.models), ("--dataset", request.datasets)):
         if not values or any(not str(v).strip() for v in values):
             raise RunError(f"{option} is empty: give at least one value (or leave the option out for its default)")
-    if request.seed < 0:
-        raise RunError(f"bad seed {request.seed}: must be ≥ 0")
-    if request.batch_size < 1:
-        raise RunError(f"bad batch size {request.batch_size}: must be ≥ 1")
-    if request.n_samples is not None and request.n_samples < 1:
-        raise RunError(f"bad number of samples {request.n_samples}: must be ≥ 1")
-    if request.selection not in SELECTIONS:
-        raise RunError(f"bad selection {request.selection!r}: use first, random or balanced")
-    if request.track is not None and request.track not in TRACKS:
-        raise RunError(f"bad track {request.track!r}: use oblivious, adaptive or both")
-    if request.eot_draws is not None and request.eot_draws < 1:
-        raise RunError(f"bad number of EOT draws {request.eot_draws}: must be ≥ 1")
-    if request.adaptive_steps is not None and request.adaptive_steps < 0:
-        raise RunError(f"bad number of adaptive steps {request.adaptive_steps}: must be ≥ 0 (0: the attack's own)")
-    if request.eval_draws is not None and request.eval_draws < 1:
-        raise RunError(f"bad number of evaluation draws {request.eval_draws}: must be ≥ 1")
+    validate_request_options(  # the option-level checks the CLI makes before importing torch: one home
+        models=request.models, source_model=request.source_model, download=request.download,
+        defenses=request.defenses, attacks=request.attacks, datasets=request.datasets, eps=request.eps,
+        norm=request.norm, step_size=request.step_size, restarts=request.restarts, samples=request.n_samples,
+        selection=request.selection, seed=request.seed, batch_size=request.batch_size, track=request.track,
+        eot=request.eot_draws, eval_draws=request.eval_draws, adaptive_steps=request.adaptive_steps,
+        source_defense=request.source_defense,
+    )
     if request.output.exists() and not request.output.is_dir():
         raise RunError(f"output {request.output} exists and is not a folder")
     models = [resolve_model(spec) for spec in request.models]
