@@ -80,8 +80,8 @@ def table(rows: pd.DataFrame, defenses: list[str], eps_labels: list[str]) -> str
     clean = rows.groupby(["defense", "eps_label", "dataset", "sample_index"])["clean_pred"].nunique()
     same_clean = "identical on both tracks" if (clean == 1).all() else "NOT identical on both tracks"
     lines.append(f"Model {rows['model'].iloc[0]}, {n} images per dataset ({datasets}); accuracies are unweighted means "
-                 f"over the datasets; clean % from the oblivious cells ({same_clean}); random defenses scored by "
-                 f"the majority vote of {', '.join(map(str, draws))} draws{budget}; time × and passes: one clean "
+                 f"over the datasets; clean % from the oblivious cells ({same_clean}); random defenses scored over "
+                 f"{', '.join(map(str, draws))} draws (expected accuracy of one draw){budget}; time × and passes: one clean "
                  "prediction of the defended model per image relative to the undefended classifier (1 forward / 0 backward).")
     return "\n".join(lines)
 

@@ -68,7 +68,8 @@ def make_cell(
         "restarts": 1, "random_start": True, "seed": seed, "precision": "fp32", "resolution": "native",
         "n_samples": n, "sample_index": np.array(indices, dtype=np.int64), "label": labels,
         "clean_pred": clean_pred, "adv_pred": adv_pred, "clean_correct": clean_correct, "adv_correct": adv_correct,
-        "robust": clean_correct & adv_correct,
+        "robust": clean_correct & adv_correct, "clean_correct_rate": clean_correct.astype(float),
+        "robust_rate": (clean_correct & adv_correct).astype(float),
         "linf": np.full(n, threat.eps * 0.5, dtype=np.float32), "l2": np.full(n, 0.1, dtype=np.float32),
         "time_s": 0.01, "forward_passes": 2.0, "backward_passes": 2.0, "flags": "", "infer_time_s": 0.002,
         "infer_time_s_undefended": 0.001, "infer_forward_passes": 1.0, "infer_backward_passes": 0.0,
@@ -202,6 +203,14 @@ def _two_protocols(rows):
     rows.loc[0, "protocol"] = make_cell(seed=1)["protocol"].iloc[0]
 
 
+def _rate_outside(rows):
+    rows.loc[0, "robust_rate"] = 1.5
+
+
+def _rate_contradicts_one_draw(rows):
+    rows.loc[0, "clean_correct_rate"] = 0.5
+
+
 @pytest.mark.parametrize(("damage", "words"), [
     (_robust_wrong, "robust contradicts"),
     (_duplicated_row, "appears more than once"),
@@ -214,6 +223,8 @@ def _two_protocols(rows):
     (_outside_ball, "exceed the linf ball"),
     (_negative_prediction, "negative"),
     (_two_protocols, "different protocols"),
+    (_rate_outside, "robust_rate has values outside [0, 1]"),
+    (_rate_contradicts_one_draw, "clean_correct_rate contradicts clean_correct"),
 ])
 def test_inconsistent_rows_are_refused_naming_the_file(tmp_path, damage, words):
     rows = make_cell()

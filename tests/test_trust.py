@@ -148,6 +148,20 @@ def test_random_defense_is_scored_by_vote_and_both_tracks_share_the_clean_figure
     by_track = {track: part.set_index("sample_index")["clean_pred"] for track, part in rows.groupby("track")}
     pd.testing.assert_series_equal(by_track["oblivious"], by_track["adaptive"])
     assert all(p.eval_draws == 5 for p in protocols(tmp_path / "out"))
+    # the expectation over draws is recorded per image and is what the summary reports
+    assert set((rows["robust_rate"] * 5).round(9)) <= set(range(6)) and rows["robust_rate"].between(0, 1).all()
+    assert (rows["robust_rate"] <= rows["clean_correct_rate"]).all()
+    summary = results.summarize(rows, with_worst_case=False).set_index(["track", "dataset"])
+    for track, part in rows.groupby("track"):
+        assert summary.loc[(track, "world-shape"), "robust_acc"] == pytest.approx(100 * part["robust_rate"].mean())
+        assert summary.loc[(track, "world-shape"), "clean_acc"] == pytest.approx(100 * part["clean_correct_rate"].mean())
+
+
+def test_a_deterministic_pipeline_has_rates_equal_to_its_outcomes(tiny_model_plugin_file, tmp_path):
+    assert run(tiny_model_plugin_file, tmp_path / "out").exit_code == 0
+    rows = results.load_results(tmp_path / "out")
+    assert (rows["robust_rate"] == rows["robust"].astype(float)).all()
+    assert (rows["clean_correct_rate"] == rows["clean_correct"].astype(float)).all()
 
 
 def test_vote_breaks_ties_by_mean_probability_and_is_deterministic_for_one_draw(tiny_model_plugin_file, tmp_path):

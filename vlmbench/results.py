@@ -77,6 +77,8 @@ SCHEMA = pa.schema(
         _field("clean_correct", pa.bool_(), "clean_pred == label"),
         _field("adv_correct", pa.bool_(), "adv_pred == label"),
         _field("robust", pa.bool_(), "clean_correct and adv_correct (AutoAttack's definition)"),
+        _field("clean_correct_rate", pa.float64(), "fraction of the eval draws that classified the clean image correctly (= clean_correct for a deterministic pipeline)"),
+        _field("robust_rate", pa.float64(), "fraction of the eval draws k on which clean draw k and adversarial draw k were both correct: the expected robustness of one draw (= robust for a deterministic pipeline)"),
         _field("linf", pa.float32(), "l-inf norm of the perturbation"),
         _field("l2", pa.float32(), "l2 norm of the perturbation"),
         _field("time_s", pa.float64(), "wall seconds for this image (its batch's time / batch size)"),
@@ -316,6 +318,11 @@ def check_cell_rows(rows: pd.DataFrame, path: Path) -> None:
         wrong = int((rows[column] != expected).sum())
         if wrong:
             fail(f"column {column} contradicts the predictions and labels in {wrong} rows")
+    for column, outcome in (("clean_correct_rate", "clean_correct"), ("robust_rate", "robust")):
+        if not rows[column].between(0, 1).all():
+            fail(f"column {column} has values outside [0, 1]")
+        if protocol.eval_draws == 1 and not (rows[column] == rows[outcome].astype(float)).all():
+            fail(f"column {column} contradicts {outcome} for a single evaluation draw")
     duplicated = rows["sample_index"].duplicated()
     if duplicated.any():
         fail(f"sample_index {int(rows['sample_index'][duplicated].iloc[0])} appears more than once")
@@ -674,7 +681,9 @@ def worst_case(rows: pd.DataFrame) -> pd.DataFrame:
     A sample is robust when it is robust in every cell of the group. The rows are those of the
     group's first cell, with ``attack`` = ``worst``, a ``cell_id`` of their own, ``worst_of`` (the
     combined attacks, ``,``-joined), ``adv_correct``/``robust`` replaced, and no target, superclass
-    map or cascade (the worst case is over leaf labels).
+    map or cascade (the worst case is over leaf labels). Its ``robust_rate`` is the smallest over the
+    attacks: for a random defense an upper bound on the expected worst case (the attacks' draws are
+    not paired); for a deterministic one exactly ``robust``.
     """
     if rows.empty:
         return rows.iloc[:0]
@@ -696,6 +705,8 @@ def worst_case(rows: pd.DataFrame) -> pd.DataFrame:
         robust = part.groupby("sample_index")["robust"].all()
         base = rows[rows["cell_id"] == members[0]].copy()
         base["robust"] = base["sample_index"].map(robust).astype(bool).to_numpy()
+        rate = part.groupby("sample_index")["robust_rate"].min()
+        base["robust_rate"] = base["sample_index"].map(rate).astype(float).to_numpy()
         base["adv_correct"] = base["robust"]
         base["attack"] = WORST
         base["cell_id"] = _worst_id(members)
@@ -735,7 +746,10 @@ def summarize(rows: pd.DataFrame, with_worst_case: bool = True) -> pd.DataFrame:
     attack label in brackets (``pgd-10 [step=0.007843]``).
 
     Columns: the ``GROUP`` keys (``attack`` as :func:`attack_labels` names it), ``variant``,
-    ``dataset``, ``n``, ``clean_acc`` and ``robust_acc`` (percent); ``target_success`` (percent of
+    ``dataset``, ``n``, ``clean_acc`` and ``robust_acc`` (percent: the means of ``clean_correct_rate``
+    and ``robust_rate``, i.e. the expected accuracy of one draw of a random defense — the criterion by
+    which the adaptive budget converged — and plain accuracy for a deterministic one; the rows'
+    ``robust`` keeps the majority vote per image); ``target_success`` (percent of
     attacked images classified as their target; NaN for untargeted cells); ``super_clean_acc`` and
     ``super_robust_acc`` (superclass accuracy clean, and clean and attacked; NaN without a
     superclass map); inference cost of the defended model relative to the undefended one:
@@ -764,7 +778,7 @@ def summarize(rows: pd.DataFrame, with_worst_case: bool = True) -> pd.DataFrame:
     per_cell = (
         rows.groupby("cell_id", sort=False)
         .agg(**{c: (c, "first") for c in (*GROUP, "eps", "dataset")},
-             n=("robust", "size"), clean_acc=("clean_correct", "mean"), robust_acc=("robust", "mean"),
+             n=("robust", "size"), clean_acc=("clean_correct_rate", "mean"), robust_acc=("robust_rate", "mean"),
              target_success=("_hit", "mean"), super_clean_acc=("_super_clean", "mean"),
              super_robust_acc=("_super_robust", "mean"), _time=("infer_time_s", "mean"),
              _time_undefended=("infer_time_s_undefended", "mean"), cost_forward=("infer_forward_passes", "mean"),

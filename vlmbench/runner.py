@@ -958,9 +958,16 @@ def _attack(
 
 
 def predict(cell: _Cell, x: torch.Tensor, seed: int) -> torch.Tensor:
-    """Predictions ``(N,)`` of the defended pipeline for images ``x``: the majority vote over
-    ``protocol.eval_draws`` forward draws (ties: the class with the higher mean probability; one draw
-    for a deterministic pipeline). Seeds torch's global generator, from which defenses draw.
+    """Predictions ``(N,)`` of the defended pipeline for images ``x``: the majority vote of
+    :func:`predict_draws`."""
+    return predict_draws(cell, x, seed)[0]
+
+
+def predict_draws(cell: _Cell, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(vote (N,), draws (N, K))``: the prediction of each of ``protocol.eval_draws`` = K forward
+    draws of the defended pipeline for images ``x``, and their majority vote (ties: the class with the
+    higher mean probability; K = 1 for a deterministic pipeline). Seeds torch's global generator, from
+    which defenses draw.
 
     Every draw's logits are checked: shape ``(N, C)`` for the dataset's C classes and finite.
     """
@@ -968,13 +975,16 @@ def predict(cell: _Cell, x: torch.Tensor, seed: int) -> torch.Tensor:
     n, classes, draws = x.shape[0], cell.classifier.num_classes, cell.protocol.eval_draws
     votes = torch.zeros(n, classes, device=x.device)
     probabilities = torch.zeros(n, classes, device=x.device)
+    predictions = []
     with torch.no_grad():
         for _ in range(draws):
             logits = cell.defended(x)
             check_logits(logits, n, classes, cell.protocol.defense.name)
-            votes += F.one_hot(logits.argmax(dim=1), classes)
+            predictions.append(logits.argmax(dim=1))
+            votes += F.one_hot(predictions[-1], classes)
             probabilities += logits.float().softmax(dim=1)
-    return (votes + probabilities / (draws + 1)).argmax(dim=1)  # the probability term is < 1: a tie-break
+    vote = (votes + probabilities / (draws + 1)).argmax(dim=1)  # the probability term is < 1: a tie-break
+    return vote, torch.stack(predictions, dim=1)
 
 
 def check_logits(logits: Any, n: int, classes: int, defense: str) -> None:
@@ -994,17 +1004,19 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int, clean_seed: int) -> p
     protocol, attack, device = cell.protocol, cell.attack, cell.device
     x, y = _load_batch(cell, indices)
     started = time.perf_counter()
-    clean_pred = predict(cell, x, clean_seed)
+    clean_pred, clean_draws = predict_draws(cell, x, clean_seed)
     torch.manual_seed(seed)  # test-time defenses draw from the global generator
     generator = torch.Generator(device=device).manual_seed(seed)
     skip = torch.tensor([i in cell.skip for i in indices], dtype=torch.bool, device=device)
     x_adv, target, attacked, crafting = _attack(cell, x, y, attack, generator, skip)
     check_perturbation(x, x_adv, attack.threat, attack.spec)
-    adv_pred = predict(cell, x_adv, seed)
+    adv_pred, adv_draws = predict_draws(cell, x_adv, seed)
     if skip.any():  # cascade: keep the earlier attack's outcome
         earlier = torch.tensor([cell.skip.get(i, -1) for i in indices], dtype=adv_pred.dtype, device=device)
         adv_pred = torch.where(skip, earlier, adv_pred)
+        adv_draws = torch.where(skip.unsqueeze(1), earlier.unsqueeze(1), adv_draws)
     elapsed = time.perf_counter() - started
+    clean_hits, adv_hits = clean_draws == y.unsqueeze(1), adv_draws == y.unsqueeze(1)
     linf, l2 = perturbation_norms(x, x_adv)
     n = len(indices)
     clean_correct = (clean_pred == y).cpu().numpy()
@@ -1039,6 +1051,8 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int, clean_seed: int) -> p
             "clean_correct": clean_correct,
             "adv_correct": adv_correct,
             "robust": clean_correct & adv_correct,
+            "clean_correct_rate": clean_hits.double().mean(dim=1).cpu().numpy(),
+            "robust_rate": (clean_hits & adv_hits).double().mean(dim=1).cpu().numpy(),
             "linf": linf.cpu().numpy().astype(np.float32),
             "l2": l2.cpu().numpy().astype(np.float32),
             "time_s": elapsed / n,
