@@ -130,7 +130,7 @@ def run(
     defense_param: Annotated[list[str] | None, typer.Option(help="Defense parameter key=value (repeatable).")] = None,
     track: Annotated[str | None, typer.Option(help="oblivious, adaptive or both (default: both for test-time defenses).")] = None,
     eot: Annotated[int | None, typer.Option(help="EOT draws per gradient on the adaptive track (default: 10 if the defense is random).")] = None,
-    eval_draws: Annotated[int | None, typer.Option(help="Forward draws whose majority vote is a random defense's prediction (default: 10).")] = None,
+    eval_draws: Annotated[int | None, typer.Option(help="Forward draws scoring a random defense: rows keep their majority vote and expectation, summaries the expectation (default: 10).")] = None,
     adaptive_steps: Annotated[int | None, typer.Option(help="Minimum steps of PGD/CW on the adaptive track (default: 40; 0: the attack's own).")] = None,
     source_model: Annotated[str | None, typer.Option(help="Craft the attacks on this model instead (transfer track).")] = None,
     source_defense: Annotated[str | None, typer.Option(help="Defend the transfer source with this defense.")] = None,

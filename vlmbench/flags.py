@@ -105,6 +105,8 @@ def result_flags(rows: pd.DataFrame) -> pd.DataFrame:
         return {"variant": labels.pop() if len(labels) == 1 else "" if not labels else "*"}
 
     rows = rows.assign(cell_id=results.cell_ids(rows))
+    if "robust_rate" in rows:  # compare the figures summaries show: the expectation over a random defense's draws
+        rows = rows.assign(robust=rows["robust_rate"])
     described = results.describe_cells(rows)
     shown = ["model", "defense", "attack", "track", "norm", "eps_label", "dataset", "eps"]
     cells = rows.groupby("cell_id", sort=False).agg(

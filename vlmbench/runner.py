@@ -92,7 +92,7 @@ class RunRequest:
             part, else ``oblivious`` (the two coincide without one).
         eot_draws: EOT draws on the adaptive track of a stochastic defense (None: 10); always 1 for a
             deterministic one.
-        eval_draws: forward draws whose majority vote is a random defense's prediction (None: 10);
+        eval_draws: forward draws scoring a random defense, majority vote and expectation (None: 10);
             always 1 for a deterministic one.
         adaptive_steps: on the adaptive track, iterative attacks that can start from the oblivious
             result (PGD, CW) run at least this many steps (None: :data:`DEFAULT_ADAPTIVE_STEPS`; 0: the
