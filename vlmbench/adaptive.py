@@ -111,9 +111,17 @@ def exact_gradients() -> Iterator[None]:
 
 def check_declared_steps(parts: Sequence[Defense], defended: torch.nn.Module, x: torch.Tensor) -> tuple[str, ...]:
     """The sorted names of the BPDA steps one forward pass of ``defended`` on ``x`` ``(N,3,H,W)`` in [0,1]
-    runs, after checking them against what ``parts`` (the defense's parts, in order) declare in
-    ``non_differentiable``: every declared step must be reached through ``bpda(..., name=NAME)``, and every
-    step reached must be declared. Runs under ``torch.no_grad()``; seeding is the caller's.
+    runs, after checking them against what ``parts`` (the defense's parts, in order) declare
+    (:func:`verify_declared_steps`). Runs under ``torch.no_grad()``; seeding is the caller's."""
+    with trace_steps() as seen, torch.no_grad():
+        defended(x)
+    return verify_declared_steps(parts, seen)
+
+
+def verify_declared_steps(parts: Sequence[Defense], seen: set[str]) -> tuple[str, ...]:
+    """Check the BPDA steps ``seen`` in a traced forward pass (:func:`trace_steps`) against what ``parts``
+    declare in ``non_differentiable``: every declared step must be reached through
+    ``bpda(..., name=NAME)``, and every step reached must be declared. Returns them sorted.
 
     Raises:
         PluginError: a declared step that did not run, or a step that runs undeclared (one line).
@@ -121,8 +129,6 @@ def check_declared_steps(parts: Sequence[Defense], defended: torch.nn.Module, x:
     from vlmbench.registry import PluginError  # lazily: the registry imports the plugin contracts
 
     declared = {step: part.name for part in parts for step in part.non_differentiable}
-    with trace_steps() as seen, torch.no_grad():
-        defended(x)
     for step, owner in declared.items():
         if step not in seen:
             raise PluginError(

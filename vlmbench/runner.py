@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmbench import results
-from vlmbench.adaptive import check_declared_steps, provides_objective
+from vlmbench.adaptive import provides_objective, trace_steps, verify_declared_steps
 from vlmbench.attack import Attack, check_perturbation, parse_attack_name, perturbation_norms
 from vlmbench.classifier import ZeroShotClassifier, cache_dir
 from vlmbench.config import build_config
@@ -169,10 +169,6 @@ class DefenseChoice:
     eval_draws: int = 1  # majority vote over this many forward draws (1: deterministic)
 
     @property
-    def stochastic(self) -> bool:
-        return any(part.stochastic for part in self.parts)
-
-    @property
     def non_differentiable(self) -> tuple[str, ...]:
         """The declared non-differentiable steps of every part (BPDA on the adaptive track)."""
         return tuple(sorted({step for part in self.parts for step in part.non_differentiable}))
@@ -191,6 +187,7 @@ class DataChoice:
     preset: str | None = None
     templates: str | None = None
     resize_before_attack: bool = False
+    n_requested: int | None = None  # images asked for (--samples or the preset's count); None: the whole split
 
 
 @dataclass
@@ -272,7 +269,7 @@ def plan(request: RunRequest) -> Plan:
             notes.append(f"{entry.name}: {entry.n_samples} images asked for, but its {dataset.split} split has "
                          f"{len(dataset)}; all {len(dataset)} evaluated (recorded as n_requested)")
         datasets.append((plugin, dataset, indices))
-        data_choices[entry.name] = choice
+        data_choices[entry.name] = replace(choice, n_requested=entry.n_samples)
     if missing:
         raise missing_datasets_error(missing)
     attack_names = [parse_attack_name(spec, registry.attacks.names())[0] for spec in request.attacks]
@@ -561,7 +558,7 @@ def _execute(
             for part in defense.parts:
                 model = part.adapt_model(model, context)
             for dataset_plugin, dataset, indices in plan_.datasets:
-                data_choice = plan_.data_choices.get(dataset_plugin.name, DataChoice(request.selection))
+                data_choice = plan_.data_choices[dataset_plugin.name]
                 classifier = ZeroShotClassifier.build(model, dataset.classnames, dataset.templates).to(device)
                 source_classifier = None
                 if source is not None:
@@ -574,7 +571,6 @@ def _execute(
                 defended: torch.nn.Module = classifier
                 for part in defense.parts:
                     defended = part.wrap(defended, context)  # type: ignore[arg-type]
-                entry_samples = _requested_samples(request, dataset_plugin.name)
                 data_spec = DataSpec(
                     dataset=dataset_plugin.name,
                     split=dataset.split,
@@ -584,7 +580,7 @@ def _execute(
                     resolution=describe_resolution(dataset, indices, model),
                     preset=data_choice.preset,
                     templates=data_choice.templates,
-                    n_requested=entry_samples,
+                    n_requested=data_choice.n_requested,
                     fingerprint=source_fingerprint(dataset_plugin),
                 )
                 for requested, track in ((a, t) for a in plan_.attacks for t in defense.tracks):
@@ -648,13 +644,6 @@ def describe_resolution(dataset: ZeroShotDataset, indices: list[int], model: Cli
     if size == tuple(model.preprocess.size):
         return f"{dataset.pixels}; {size[0]}x{size[1]} images enter the model as they are (no resampling)"
     return f"{dataset.pixels}; resized inside the model ({model.preprocess.describe()})"
-
-
-def _requested_samples(request: RunRequest, dataset: str) -> int | None:
-    """Images per dataset asked for: ``--samples``, or the protocol preset's count for ``dataset``."""
-    if request.protocol is None:
-        return request.n_samples
-    return next((entry.n_samples for entry in get_preset(request.protocol).datasets if entry.name == dataset), None)
 
 
 def _defended_source(plan_: Plan) -> tuple[ClipModel | None, DefenseContext | None, tuple[Defense, ...]]:
@@ -756,14 +745,15 @@ def _compute_cell(
     batch_size = protocol.batch_size
     first = _load_batch(cell, indices[:batch_size])[0]
     torch.manual_seed(batch_seed(protocol.seed, cell_id, -3))
-    with torch.no_grad():  # the defense's output contract, before anything else uses it
-        check_logits(cell.defended(first), len(first), cell.classifier.num_classes, protocol.defense.name)
-    torch.manual_seed(batch_seed(protocol.seed, cell_id, -3))
-    check_declared_steps(cell.parts, cell.defended, first)  # every declared step has its BPDA path, and no other
+    with trace_steps() as seen, torch.no_grad():  # the defense's contract, before anything else uses it:
+        logits = cell.defended(first)
+    check_logits(logits, len(first), cell.classifier.num_classes, protocol.defense.name)  # (N, C), finite
+    verify_declared_steps(cell.parts, seen)  # every declared step has its BPDA path, and no other
     flags = _measure_cell_flags(cell, indices[:batch_size], batch_seed(protocol.seed, cell_id, -1))
     encoders = [encoder_of(model) for model in (cell.model, cell.original) if model is not None]
     cost = inference_cost(cell.defended, cell.classifier, first, batch_seed(protocol.seed, cell_id, -2),
                           encoders=encoders, defense=protocol.defense.name)
+    clean_id = _clean_identity(protocol)
     started = time.perf_counter()
     frames, resumed = [], False
     for start in range(0, len(indices), batch_size):
@@ -772,7 +762,7 @@ def _compute_cell(
         frame = _read_part(part, batch_indices)
         if frame is None:
             frame = _run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start),
-                               batch_seed(protocol.seed, _clean_identity(protocol), start))
+                               batch_seed(protocol.seed, clean_id, start))
             frame["flags"] = flags
             frame = frame.assign(**cost)
             results.write_atomic(results.to_table(frame, {}), part)
@@ -796,32 +786,27 @@ def _clean_identity(protocol: Protocol) -> str:
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
 
 
-def remove_leftovers(output: Path) -> list[Path]:
+def remove_leftovers(output: Path) -> None:
     """Remove what killed runs left in ``output``: temporary files of an interrupted atomic write
     (``.NAME.PID.tmp`` of a process that no longer runs), the staging folders of cells whose final
     file exists, and the staging folder itself when nothing is left in it. Staging of unfinished cells
-    is kept (it is resumed). Safe while other processes write to ``output``. Returns the removed paths."""
-    removed = []
+    is kept (it is resumed). Safe while other processes write to ``output``."""
     if not output.is_dir():
-        return removed
+        return
     for tmp in [*output.glob(".*.tmp"), *output.glob(f"{results.PARTIAL_DIR}/*/.*.tmp")]:
         pid = tmp.name.rsplit(".", 2)[-2]
         if pid.isdigit() and not _process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-            removed.append(tmp)
     partial = output / results.PARTIAL_DIR
     if partial.is_dir():
         finished = {path.stem.rsplit("__", 1)[-1] for path in output.glob("*.parquet")}
         for folder in partial.iterdir():
             if folder.is_dir() and folder.name in finished:
                 shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
         try:
             partial.rmdir()  # only when empty
-            removed.append(partial)
         except OSError:
             pass
-    return removed
 
 
 def _process_alive(pid: int) -> bool:
