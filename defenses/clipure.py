@@ -1,6 +1,6 @@
 """CLIPure-Cos — purification in CLIP's latent space (Zhang et al., ICLR 2025), re-implemented.
 
-A re-implementation from the procedure in ``shared/research/defenses.md`` §3.2 (read from the authors'
+A re-implementation from the procedure in the authors' code (docs/provenance.md#clipure; read from their
 ``CLIP_eval/CLIPure_Cos.py``), not the authors' code. With ``b`` the blank-template embedding (the mean
 of the unit text embeddings of every prompt template with an empty class name, "a photo of a .")::
 
@@ -16,7 +16,7 @@ Defaults are the released code's: K = 10, η = 30, γ = 0. The templates are tho
 embeddings were built from (the released script uses ImageNet's 80 templates for both). CLIPure-Diff
 (a DALL·E-2 diffusion prior instead of the cosine) is not included: it needs a prior for the backbone.
 
-Known problem (dossier §3.5, checked by the tests and by :meth:`CLIPureCosModule.sanity_checks`): each
+Known problem (docs/provenance.md#clipure-no-op, checked by the tests and by :meth:`CLIPureCosModule.sanity_checks`): each
 step rotates u by atan(η) ≈ 88.1° towards b in the plane (u, b); when the angle to b is smaller, it
 overshoots and the next step rotates back, so after an even number of steps u = f(x)/‖f(x)‖ — the
 plain classifier's prediction — while the exact input gradient shrinks by ≈ ‖u + η·m‖ ≈ 30 per step
@@ -106,7 +106,7 @@ class CLIPureCosModule(torch.nn.Module):
         return self.logits(x, self.config.backward)
 
     def sanity_checks(self, x: torch.Tensor, y: torch.Tensor) -> list[str]:
-        """The dossier's two checks on clean images: agreement with the plain classifier, and the
+        """Two checks of the analysis in docs/provenance.md#clipure-no-op, on clean images: agreement with the plain classifier, and the
         fraction of images whose exact input gradient is vanishing relative to the plain classifier's."""
         with torch.no_grad():
             agreement = float((self(x).argmax(1) == self.classifier(x).argmax(1)).float().mean())

@@ -1,7 +1,7 @@
 """FARE: unsupervised adversarial fine-tuning of the image embedding (Schlarmann et al., ICML 2024,
 arXiv 2402.12336).
 
-Re-implementation from the dossier (``shared/research/defenses.md`` §6.3), not the authors' code::
+Re-implementation from the paper and ``chs20/RobustVLM`` (docs/provenance.md#fare), not the authors' code::
 
     x_adv = argmax_{‖δ‖∞ ≤ ε} ‖f_θ(x + δ) − f_θ0(x)‖²₂     (PGD, un-normalised embeddings)
     L = ‖f_θ(x_adv) − f_θ0(x)‖²₂                          (sum over dims, mean over batch; no labels, no text)

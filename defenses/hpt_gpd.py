@@ -1,7 +1,7 @@
 """HPT-GPD: heterogeneous proxy transfer with generalization-pivot decoupling (Fu, Huang, Zhang,
 arXiv 2601.12865, "Proxy Robustness in Vision Language Models is Effortlessly Transferable").
 
-Re-implementation from the dossier (``shared/research/defenses.md`` §1.3-1.4); the authors' code is an
+Re-implementation from the paper and ``fxw13/HPT-GPD`` (docs/provenance.md#hpt-gpd); the authors' code is an
 inconsistent work in progress and the paper's GPD details are unknown, so this is a reconstruction::
 
     target θ (init: the model), proxy P (a vanilla CLIP of another architecture, frozen),
@@ -16,7 +16,7 @@ inconsistent work in progress and the paper's GPD details are unknown, so this i
 ``gpd=false`` is naive HPT: only the "hpt" phase, over all steps (the ablation that shows what GPD adds).
 KL is summed over the batch, as in the code. The phase split (``gpd_fraction``), the warm-up phase's
 learning rate (``gpd_lr_ratio`` × ``lr``), its loss and weight are not known from the paper: they are
-parameters, with the dossier's best reconstruction as defaults ("low-lr anchored warm-up, then high-lr
+parameters, with this reconstruction as defaults ("low-lr anchored warm-up, then high-lr
 HPT"; the teacher of the warm-up stage is the frozen original on the clean image, as in the code's
 commented-out "EMA stage").
 

@@ -1,6 +1,6 @@
 """PMG-AFT: pre-trained model guided adversarial fine-tuning (Wang et al., CVPR 2024, arXiv 2401.04350).
 
-Re-implementation from the dossier (``shared/research/defenses.md`` §6.2), not the authors' code::
+Re-implementation from the paper and the authors' ``PMG_AFT.py`` (docs/provenance.md#pmg-aft), not the authors' code::
 
     x_adv = PGD_ℓ∞ on the current model θ (CE), random start
     z_adv = z_θ(x_adv);  z_ori = z_θ0(x_adv) (frozen original, same adversarial input);  z_cln = z_θ(x)

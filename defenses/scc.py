@@ -1,6 +1,6 @@
 """SCC — self-calibrated consistency (Liu et al., arXiv 2510.22785, ICML 2026), re-implemented.
 
-A re-implementation from the procedure assembled in ``shared/research/defenses.md`` §2.2 (paper summary,
+A re-implementation from the procedure assembled in docs/provenance.md#scc (paper summary,
 project page and reviews; the authors' code was not available), not the authors' code. Per image
 ``x_a`` in [0,1], classifier logits ``z``, unit class-text embeddings ``t_k``::
 
@@ -17,7 +17,7 @@ Views ``v_i`` / ``u_j``: ``v_0`` the image itself, ``v_1`` its horizontal flip, 
 N(0, σ²) noise (clipped to [0,1]); the noise of step 3 and of step 5 are independent draws.
 
 Unspecified by the paper (defaults chosen here, all in :class:`SCCConfig`): the warm-up is TTC with its
-defaults (the dossier's advice); V = 4 views for both steps 3 and 5, σ = 0.01, T = 0.5; ε = 4/255, S = 2,
+defaults (SCC builds on TTC's code); V = 4 views for both steps 3 and 5, σ = 0.01, T = 0.5; ε = 4/255, S = 2,
 α = 1/255 for the corrective perturbation (TTC's counterattack budget); δ starts at the warm-up's Δ so
 that SCC refines TTC; the margin is unweighted (the paper's "confidence weighting" is unknown).
 

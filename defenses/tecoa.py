@@ -1,6 +1,6 @@
 """TeCoA: text-guided contrastive adversarial fine-tuning (Mao et al., ICLR 2023, arXiv 2212.07016).
 
-Re-implementation from the dossier (``shared/research/defenses.md`` §6.1), not the authors' code::
+Re-implementation from the paper and the authors' ``finetuning.py`` (docs/provenance.md#tecoa), not the authors' code::
 
     for each minibatch (x, y) of the training set:
         x_adv = PGD_ℓ∞(x; CE(z_θ(·), y))                  # random start, ε, K steps, step α

@@ -1,6 +1,6 @@
 """TGA-ZSR: text-guided attention for zero-shot robustness (Yu, Zhang, Xu, NeurIPS 2024, arXiv 2410.21802).
 
-Re-implementation from the dossier (``shared/research/defenses.md`` §6.4), not the authors' code::
+Re-implementation from the paper and the authors' ``TGA-ZSR.py`` (docs/provenance.md#tga-zsr), not the authors' code::
 
     A(x; θ, t_y) = min-max-normalised map of <patch-token embeddings of f_θ(x), t_y>, on the patch grid,
                    bilinearly upsampled to the model's input size
@@ -9,7 +9,7 @@ Re-implementation from the dossier (``shared/research/defenses.md`` §6.4), not 
       + α · mean_i ‖A(x_adv; θ) − A(x; θ0)‖₂      (attention refinement: adversarial → frozen clean)
       + β · mean_i ‖A(x; θ)     − A(x; θ0)‖₂      (attention constraint on clean images)
 
-Unspecified in the dossier, chosen here: patch tokens are taken after the tower's final layer norm and
+Unspecified by the paper and code as read, chosen here: patch tokens are taken after the tower's final layer norm and
 projected with its output projection (so they live in the text-embedding space); each model uses its own
 class-text embedding ``t_y``; ``‖·‖₂`` is over the whole upsampled map. Needs a ViT image tower (patch
 tokens); other towers are a clear error.

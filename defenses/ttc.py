@@ -1,6 +1,6 @@
 """TTC — test-time counterattacks (Xing, Zhao, Sebe, "CLIP is Strong Enough to Fight Back", CVPR 2025).
 
-A re-implementation from the procedure in ``shared/research/defenses.md`` §4.2 (read from the authors'
+A re-implementation from the procedure in the authors' code (docs/provenance.md#ttc; read from their
 ``code/test_time_counterattack.py``), not the authors' code. Per image ``x`` in [0,1], with ``f`` the
 image encoder (un-normalised output) of the evaluated model and ``f_τ`` the encoder used for τ::
 

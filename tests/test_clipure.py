@@ -25,7 +25,7 @@ def test_one_step_rotates_by_atan_eta_towards_the_blank_embedding():
 
 
 def test_released_configuration_is_a_no_op_after_an_even_number_of_steps():
-    """Angle to b below 88.1°: the first step overshoots b, the second rotates back (dossier §3.5)."""
+    """Angle to b below 88.1°: the first step overshoots b, the second rotates back (docs/provenance.md#clipure-no-op)."""
     u, blank = _at(0.3), _at(0.3 + math.radians(75))[0]
     assert torch.allclose(purify(u, blank, 10, 30.0, 0.0), u, atol=1e-5)
     assert not torch.allclose(purify(u, blank, 9, 30.0, 0.0), u, atol=1e-2)

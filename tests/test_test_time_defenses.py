@@ -45,7 +45,7 @@ def test_each_defense_runs_in_both_tracks_with_its_cost_recorded(defense, passes
     flags = set(";".join(rows["flags"]).split(";"))
     assert "forward-randomness" not in flags  # declared randomness is handled (EOT, vote), not flagged
     assert set(rows["eval_draws"]) == {10 if random else 1} and set(rows["bpda"]) == {"", ",".join(adaptive.bpda)}
-    if defense == "clipure_cos":  # the dossier's two checks, in the rows' flags
+    if defense == "clipure_cos":  # the two checks of docs/provenance.md#clipure-no-op, in the rows' flags
         assert {"undefended-agreement=1.00", "vanishing-gradients=1.00"} <= flags
 
 

@@ -16,7 +16,7 @@ EPS, ALPHA = 4 / 255, 1 / 255
 def test_exponential_step_weights_match_the_paper():
     total = 1 + math.e**2 + math.e**4
     assert torch.allclose(step_weights(2, 2.0), torch.tensor([1 / total, math.e**2 / total, math.e**4 / total]))
-    assert [round(float(w), 3) for w in step_weights(2, 2.0)] == [0.016, 0.117, 0.867]  # dossier §4.2
+    assert [round(float(w), 3) for w in step_weights(2, 2.0)] == [0.016, 0.117, 0.867]  # TTC.sh's β = 2
 
 
 def test_sensitivity_is_the_relative_embedding_change():

@@ -3,7 +3,7 @@
 A preset fixes the datasets, each one's split and sample count, how samples are selected, the
 prompt-template set and the resolution convention; all of it is recorded in every row's protocol
 (``DataSpec.preset``, ``.templates``, ``.selection``, ``.resolution``). Sources:
-``shared/research/defenses.md`` §9 (protocols A, B, C and the 22-dataset superset).
+docs/provenance.md#protocols (protocols A, B, C and the 22-dataset superset).
 
 ===================  ==========================================================================
 preset               what it reproduces

@@ -17,7 +17,7 @@ target in ``target`` and robust accuracy keeps its meaning (correct both clean a
 superclass ``s`` is ``logsumexp`` of its members' logits (the log of the summed class probabilities),
 with the true superclass as label, so any attack — AutoAttack included — applies unchanged. Rows keep
 leaf predictions and add the superclass label and predictions, so both leaf and superclass accuracy are
-reported on the same images (the hierarchical-robustness threat of ``shared/research/defenses.md`` §5).
+reported on the same images (the hierarchical-robustness threat, docs/provenance.md#hierarchical).
 
 A mapping comes from the dataset (``ZeroShotDataset.superclass_maps``: the world's ``world-combo``
 offers ``shape`` and ``colour``) or from a JSON file::
