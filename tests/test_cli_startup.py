@@ -46,6 +46,8 @@ TORCH_FREE = [
     (["run", "--track", "sideways"], "bad track 'sideways'"),
     (["run", "--batch-size", "0"], "bad batch size 0"),
     (["run", "--samples", "0"], "bad number of samples 0"),
+    (["run", "--eval-draws", "0"], "bad number of evaluation draws 0 (--eval-draws)"),
+    (["run", "--adaptive-steps", "-1"], "bad number of adaptive steps -1 (--adaptive-steps)"),
     (["run", "--model", "ViT-B-32:openai"], "weights for model 'ViT-B-32:openai' are not in the local cache; rerun with --download"),
     (["run", "--model", "world-vit", "--source-model", "hf-hub:vlmbench/absent"], "weights for model 'hf-hub:vlmbench/absent' are not"),
 ]
