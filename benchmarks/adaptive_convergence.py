@@ -48,7 +48,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlmbench.classifier import ZeroShotClassifier, cache_dir
+from vlmbench.classifier import ZeroShotClassifier
+from vlmbench.paths import cache_dir
 from vlmbench.defense import DefenseContext
 from vlmbench.protocol import default_step_size, parse_eps
 from vlmbench.runner import AttackChoice, RunRequest, plan

@@ -15,13 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmbench.models import ClipModel, Preprocess
-
-
-def cache_dir() -> Path:
-    """vlmbench's cache folder: ``$VLMBENCH_CACHE``, else ``$XDG_CACHE_HOME/vlmbench``, else ``~/.cache/vlmbench``."""
-    if "VLMBENCH_CACHE" in os.environ:
-        return Path(os.environ["VLMBENCH_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vlmbench"
+from vlmbench.paths import cache_dir
 
 
 def resize_and_normalize(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:

@@ -313,10 +313,6 @@ def print_flags(rows: Any) -> None:
                       highlight=False, soft_wrap=True)
 
 
-_LIST_COLUMNS = {"datasets": ("status",), "defenses": ("kind", "random", "non-differentiable (BPDA)"),
-                 "attacks": ("norms",), "models": ()}
-
-
 @app.command("list")
 @user_errors
 def list_plugins(
@@ -325,6 +321,7 @@ def list_plugins(
     plugin: PluginOption = None,
 ) -> None:
     """List registered plugins with a one-line description each (defenses: kind, randomness, BPDA steps)."""
+    from vlmbench.listing import COLUMNS, rows
     from vlmbench.registry import KINDS, PluginError, plugins, unknown_name_message
 
     if kind is not None and kind not in KINDS:
@@ -333,22 +330,14 @@ def list_plugins(
     out = console if console.is_terminal else Console(width=max(console.width, 240))  # piped: one line a row
     for name in [kind] if kind else list(KINDS):
         table = Table(title=name, title_justify="left")
-        columns = _LIST_COLUMNS[name]
+        columns = COLUMNS[name]
         for column in ("name", "description", *columns):
             table.add_column(column)
-        for plugin_name, value, error in plugins()[name].items():
+        for plugin_name, cells, error in rows(plugins()[name], data_root):
             if error is not None:
                 table.add_row(plugin_name, f"[red]broken:[/] {error}", *[""] * len(columns))
-                continue
-            extra: list[str] = []
-            if name == "datasets":
-                extra = [value.status(data_root)]
-            elif name == "defenses":
-                extra = [value.kind(), "yes" if getattr(value, "stochastic", False) else "no",
-                         ", ".join(getattr(value, "non_differentiable", ()))]
-            elif name == "attacks":
-                extra = [", ".join(value.norms)]
-            table.add_row(plugin_name, value.description, *extra)
+            else:
+                table.add_row(plugin_name, *cells)
         out.print(table)
 
 
@@ -379,7 +368,7 @@ def train(
     """Fine-tune a model with a training-time defense, or find it in the cache; `vlmbench run --defense` reuses it."""
     import torch
 
-    from vlmbench.classifier import cache_dir
+    from vlmbench.paths import cache_dir
     from vlmbench.config import build_config
     from vlmbench.defense import DefenseContext
     from vlmbench.finetune import CURVE_FILE, reporting

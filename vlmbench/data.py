@@ -82,9 +82,20 @@ class DatasetPlugin(ABC):
             DatasetNotFoundError: the files are not under ``data_root``; the message says what to do.
         """
 
+    def status_rule(self) -> tuple[str, str] | None:
+        """How :meth:`status` is decided, in a form ``vlmbench list`` can keep without importing the
+        plugin: ``("fixed", word)``, or ``("folder", path)`` for "ready when ``data_root/path`` exists,
+        else missing". ``None`` (the default for a plugin that overrides :meth:`status`) makes the
+        listing import the plugin to ask it."""
+        return ("fixed", "ready") if type(self).status is DatasetPlugin.status else None
+
     def status(self, data_root: Path | None) -> str:
-        """One word for listings: ``"ready"``, ``"generated"`` or ``"missing"``."""
-        return "ready"
+        """One word for listings: ``"ready"``, ``"generated"`` or ``"missing"``; evaluates :meth:`status_rule`.
+        Override :meth:`status_rule`, not this, so that listings stay fast."""
+        from vlmbench.listing import status_from_rule
+
+        rule = self.status_rule()
+        return status_from_rule(rule, data_root) if rule is not None else "ready"
 
     def download(self, data_root: Path) -> None:
         """Fetch the files into ``data_root`` (only called when the user asks, e.g. ``--download``).

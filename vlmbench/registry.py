@@ -91,6 +91,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def origins(self) -> dict[str, str]:
+        """Every registered name → where it comes from (``"module:attr"`` or ``"path.py:attr"``), sorted by
+        name, without importing anything."""
+        return {name: self._entries[name].origin for name in self.names()}
+
     def broken(self) -> dict[str, str]:
         """Plugins that failed to import or validate so far: name → one-line reason."""
         return dict(self._broken)

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from vlmbench import results
 from vlmbench.adaptive import provides_objective, trace_steps, verify_declared_steps
 from vlmbench.attack import Attack, check_perturbation, parse_attack_name, perturbation_norms
-from vlmbench.classifier import ZeroShotClassifier, cache_dir
+from vlmbench.classifier import ZeroShotClassifier
+from vlmbench.paths import cache_dir
 from vlmbench.config import build_config
 from vlmbench.data import DatasetNotFoundError, DatasetPlugin, ZeroShotDataset
 from vlmbench.defense import Defense, DefenseContext

@@ -178,8 +178,8 @@ class RealDatasetPlugin(DatasetPlugin):
         self.in_distribution_for = in_distribution_for
         self.coop = coop
 
-    def status(self, data_root: Path | None) -> str:
-        return "ready" if data_root is not None and (Path(data_root) / self.layout.folder).exists() else "missing"
+    def status_rule(self) -> tuple[str, str]:
+        return ("folder", self.layout.folder)
 
     def _missing(self, data_root: Path | None, detail: str = "", also: str = "") -> DatasetNotFoundError:
         where = f"{Path(data_root) / self.layout.folder} not found" if data_root is not None else "no data root given (--data-root or VLMBENCH_DATA_ROOT)"

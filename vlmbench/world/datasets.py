@@ -136,8 +136,8 @@ class WorldDatasetPlugin(DatasetPlugin):
         dataset.superclass_maps = self.superclass_maps
         return dataset
 
-    def status(self, data_root: Path | None) -> str:
-        return "generated"
+    def status_rule(self) -> tuple[str, str]:
+        return ("fixed", "generated")
 
 
 _OBJECT_TEMPLATES = (
