@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmbench.protocol import ReportedFigure as Reported
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -21,20 +23,6 @@ class Figure:
     low: float
     high: float
     n: int
-
-
-@dataclass(frozen=True)
-class Reported:
-    """A figure a defense's paper reports, as the plugin declares it (recorded in the run metadata)."""
-
-    value: float  # percent
-    metric: str  # "robust" or "clean"
-    dataset: str  # the paper's dataset name, or "mean-16" etc.
-    attack: str
-    eps_label: str
-    norm: str
-    protocol: str  # how the paper measured it, one line (e.g. "Protocol A: TTC's 16 datasets, full splits, PGD-10")
-    source: str  # "Table 2 of Xing et al. 2025"
 
 
 @dataclass(frozen=True)

@@ -330,3 +330,32 @@ def canonical_json(value: Any) -> str:
 
 def indices_sha256(indices: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReportedFigure:
+    """A figure a defense's paper reports, as the plugin declares it (``Defense.reported``). It is
+    recorded in each result file's run metadata (``defenses.NAME.reported``), never in the protocol:
+    it describes the paper, not the measurement, so it does not change a cell's identity.
+    Leaderboards show it beside vlmbench's own figure.
+
+    Attributes:
+        value: the reported accuracy in percent.
+        metric: ``"robust"`` or ``"clean"``.
+        dataset: the paper's dataset (``"cifar10"``) or aggregate (``"mean of 16"``).
+        attack: as the paper names it (``"PGD-10"``, ``"AutoAttack (APGD-CE, APGD-DLR)"``).
+        eps_label: ``"1/255"``; norm: ``"linf"`` or ``"l2"``.
+        model: the backbone the paper reports for (``"ViT-B-32:openai"``).
+        protocol: how the paper measured it, one line.
+        source: where in the paper (``"Table 1 of Xing et al., CVPR 2025"``).
+    """
+
+    value: float
+    metric: str
+    dataset: str
+    attack: str
+    eps_label: str
+    norm: str
+    model: str
+    protocol: str
+    source: str
