@@ -166,3 +166,16 @@ def test_presets_and_overrides(tiny_model):
     assert resolve_settings(ToyConfig(), presets, tiny_model).lr == 1e-3  # not a world model: paper
     assert resolve_settings(ToyConfig(preset="world"), presets, tiny_model).lr == 5.0
     assert resolve_settings(ToyConfig(preset="world", lr=0.25), presets, tiny_model).lr == 0.25
+
+
+def test_an_edited_defense_source_never_reuses_the_old_checkpoint(tmp_path, tiny_model, monkeypatch):
+    """The checkpoint key covers the defense's source fingerprint: editing the loss retrains."""
+    import vlmbench.finetune as finetune
+
+    ToyCE.calls = 0
+    first = ToyCE(ToyConfig(preset="world"))
+    first.adapt_model(tiny_model, context(tmp_path, tiny_model))
+    monkeypatch.setattr(finetune, "source_fingerprint", lambda plugin: "edited-source")
+    edited = ToyCE(ToyConfig(preset="world"))
+    edited.adapt_model(tiny_model, context(tmp_path, tiny_model))
+    assert edited.checkpoint != first.checkpoint and ToyCE.calls == 2 * TINY.steps

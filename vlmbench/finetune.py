@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from vlmbench.classifier import resize_and_normalize
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
+from vlmbench.fingerprint import source_fingerprint
 from vlmbench.models import ClipModel, freeze, parameter_fingerprint
 from vlmbench.protocol import ThreatModel
 
@@ -501,11 +502,13 @@ class FineTuneDefense(Defense):
 
 def training_key(defense: FineTuneDefense, model: ClipModel, refs: dict[str, ClipModel], data: TrainingSet,
                  settings: Settings, phases: Sequence[Phase], seed: int) -> dict[str, Any]:
-    """Everything that determines the fine-tuned weights (hashed into the cache folder's name)."""
+    """Everything that determines the fine-tuned weights (hashed into the cache folder's name),
+    including the defense's source fingerprint: an edited loss never reuses the old checkpoint."""
     return {
         "engine": ENGINE_VERSION,
         "defense": defense.name,
         "defense_version": defense.version,
+        "defense_source": source_fingerprint(defense),
         "config": dataclasses.asdict(defense.config),
         "settings": dataclasses.asdict(settings),
         "phases": [dataclasses.asdict(p) for p in phases],
