@@ -26,6 +26,7 @@ import torch
 from vlmbench.defense import DefenseContext
 from vlmbench.finetune import FineTuneConfig, FineTuneDefense, Settings, Step, original_model
 from vlmbench.models import ClipModel
+from vlmbench.protocol import ReportedFigure
 
 PAPER = Settings(
     data="imagenet", batch_size=128, steps=20_000, lr=1e-5, warmup=1400, optimizer="adamw", weight_decay=1e-4,
@@ -58,6 +59,46 @@ class FARE(FineTuneDefense):
     name: ClassVar[str] = "fare"
     description: ClassVar[str] = "FARE: unsupervised l2 embedding matching on PGD examples; re-implementation"
     Config: ClassVar[type] = FAREConfig
+    paper: ClassVar[str | None] = "https://arxiv.org/abs/2402.12336"
+    code: ClassVar[str | None] = "https://github.com/chs20/RobustVLM"
+    reported: ClassVar[tuple[ReportedFigure, ...]] = (
+        ReportedFigure(
+            value=38.0, metric="robust", dataset="mean of FARE's zero-shot datasets", attack="AutoAttack (APGD-CE, APGD-T)",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "FARE checkpoint fine-tuned on ImageNet at ε=1/255; AutoAttack APGD-CE + APGD-T, 100 iterations, 1000 "
+                "images per dataset, CLIP_benchmark templates"
+            ),
+            source="zero-shot table of the authors' README (github.com/chs20/RobustVLM), FARE¹ ViT-B/32 row",
+        ),
+        ReportedFigure(
+            value=60.5, metric="clean", dataset="mean of FARE's zero-shot datasets", attack="AutoAttack (APGD-CE, APGD-T)",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "FARE checkpoint fine-tuned on ImageNet at ε=1/255; AutoAttack APGD-CE + APGD-T, 100 iterations, 1000 "
+                "images per dataset, CLIP_benchmark templates"
+            ),
+            source="zero-shot table of the authors' README (github.com/chs20/RobustVLM), FARE¹ ViT-B/32 row",
+        ),
+        ReportedFigure(
+            value=21.9, metric="robust", dataset="mean of FARE's zero-shot datasets", attack="AutoAttack (APGD-CE, APGD-T)",
+            eps_label="4/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "FARE checkpoint fine-tuned on ImageNet at ε=4/255; AutoAttack APGD-CE + APGD-T, 100 iterations, 1000 "
+                "images per dataset, CLIP_benchmark templates"
+            ),
+            source="zero-shot table of the authors' README (github.com/chs20/RobustVLM), FARE⁴ ViT-B/32 row",
+        ),
+        ReportedFigure(
+            value=48.6, metric="clean", dataset="mean of FARE's zero-shot datasets", attack="AutoAttack (APGD-CE, APGD-T)",
+            eps_label="4/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "FARE checkpoint fine-tuned on ImageNet at ε=4/255; AutoAttack APGD-CE + APGD-T, 100 iterations, 1000 "
+                "images per dataset, CLIP_benchmark templates"
+            ),
+            source="zero-shot table of the authors' README (github.com/chs20/RobustVLM), FARE⁴ ViT-B/32 row",
+        ),
+    )
 
     @classmethod
     def presets(cls) -> dict[str, Settings]:

@@ -46,6 +46,7 @@ from vlmbench.finetune import (
     FineTuneConfig, FineTuneDefense, FineTuneError, Phase, Settings, Step, is_world_model, kl_divergence, original_model,
 )
 from vlmbench.models import ClipModel
+from vlmbench.protocol import ReportedFigure
 from vlmbench.resolve import resolve_model
 
 PAPER = Settings(
@@ -115,6 +116,11 @@ class HPTGPD(FineTuneDefense):
     name: ClassVar[str] = "hpt_gpd"
     description: ClassVar[str] = "HPT-GPD: heterogeneous-proxy KL distillation + GPD schedule; re-implementation"
     Config: ClassVar[type] = HPTGPDConfig
+    paper: ClassVar[str | None] = "https://arxiv.org/abs/2601.12865"
+    code: ClassVar[str | None] = "https://github.com/fxw13/HPT-GPD"
+    # No reported figure: the paper's own tables were not available; the per-dataset clean figures
+    # found elsewhere (an aggregator site) are not a source to publish beside a measurement.
+    reported: ClassVar[tuple[ReportedFigure, ...]] = ()
 
     @classmethod
     def presets(cls) -> dict[str, Settings]:

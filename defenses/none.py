@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from vlmbench.defense import Defense
+from vlmbench.protocol import ReportedFigure
 
 
 class NoDefense(Defense):
@@ -12,3 +13,6 @@ class NoDefense(Defense):
 
     name: ClassVar[str] = "none"
     description: ClassVar[str] = "undefended model (baseline)"
+    paper: ClassVar[str | None] = None  # the baseline: no paper
+    code: ClassVar[str | None] = None
+    reported: ClassVar[tuple[ReportedFigure, ...]] = ()

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from vlmbench.defense import DefenseContext
 from vlmbench.finetune import FineTuneConfig, FineTuneDefense, Settings, Step, kl_divergence, original_model
 from vlmbench.models import ClipModel
+from vlmbench.protocol import ReportedFigure
 
 PAPER = Settings(
     data="tinyimagenet", batch_size=256, steps=3910, lr=5e-5, warmup=1000, optimizer="sgd", weight_decay=0.0,
@@ -56,6 +57,34 @@ class PMGAFT(FineTuneDefense):
     name: ClassVar[str] = "pmg_aft"
     description: ClassVar[str] = "PMG-AFT: CE + KL to frozen CLIP + KL to clean, on PGD examples; re-implementation"
     Config: ClassVar[type] = PMGAFTConfig
+    paper: ClassVar[str | None] = "https://arxiv.org/abs/2401.04350"
+    code: ClassVar[str | None] = "https://github.com/serendipity1122/Pre-trained-Model-Guided-Fine-Tuning-for-Zero-Shot-Adversarial-Robustness"
+    reported: ClassVar[tuple[ReportedFigure, ...]] = (
+        ReportedFigure(
+            value=29.15, metric="robust", dataset="mean of 15", attack="PGD",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "fine-tuned on TinyImageNet at ε=1/255; l-inf PGD at ε=1/255 (code default: 10 steps of 1/255) on "
+                "unscaled cosine logits, fp16, full test splits"
+            ),
+            source=(
+                "main results of Wang et al., CVPR 2024, average over 15 zero-shot datasets (+4.99 robust, +8.72 clean "
+                "over TeCoA, as the abstract states)"
+            ),
+        ),
+        ReportedFigure(
+            value=59.49, metric="clean", dataset="mean of 15", attack="PGD",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "fine-tuned on TinyImageNet at ε=1/255; l-inf PGD at ε=1/255 (code default: 10 steps of 1/255) on "
+                "unscaled cosine logits, fp16, full test splits"
+            ),
+            source=(
+                "main results of Wang et al., CVPR 2024, average over 15 zero-shot datasets (+4.99 robust, +8.72 clean "
+                "over TeCoA, as the abstract states)"
+            ),
+        ),
+    )
 
     @classmethod
     def presets(cls) -> dict[str, Settings]:

@@ -41,6 +41,7 @@ from vlmbench.adaptive import bpda
 from vlmbench.classifier import ZeroShotClassifier
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.defenses.ttc import Counterattacker, TTCConfig, tau_model
+from vlmbench.protocol import ReportedFigure
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,28 @@ class SCC(Defense):
     Config: ClassVar[type] = SCCConfig
     stochastic: ClassVar[bool] = True
     non_differentiable: ClassVar[tuple[str, ...]] = ("correction",)
+    paper: ClassVar[str | None] = "https://arxiv.org/abs/2510.22785"
+    code: ClassVar[str | None] = None  # announced at github.com/JXLiu-AI/SCC, not public when this was declared
+    reported: ClassVar[tuple[ReportedFigure, ...]] = (
+        ReportedFigure(
+            value=51.68, metric="robust", dataset="mean of 16", attack="PGD-10",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol="oblivious: PGD-10 (step 1/255) on plain CLIP, then SCC; TTC's 16 datasets and loaders",
+            source=(
+                "Table 1 of Liu et al., arXiv 2510.22785 (ICML 2026), as shown on the project page github.com/JXLiu-"
+                "AI/scc-page"
+            ),
+        ),
+        ReportedFigure(
+            value=60.21, metric="clean", dataset="mean of 16", attack="PGD-10",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol="oblivious: PGD-10 (step 1/255) on plain CLIP, then SCC; TTC's 16 datasets and loaders",
+            source=(
+                "Table 1 of Liu et al., arXiv 2510.22785 (ICML 2026), as shown on the project page github.com/JXLiu-"
+                "AI/scc-page"
+            ),
+        ),
+    )
 
     def wrap(self, classifier: ZeroShotClassifier, context: DefenseContext) -> torch.nn.Module:
         warmup = self.config.warmup()

@@ -43,6 +43,7 @@ from vlmbench.classifier import ZeroShotClassifier, resize_and_normalize
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
 from vlmbench.models import ClipModel
+from vlmbench.protocol import ReportedFigure
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -210,6 +211,52 @@ class TTC(Defense):
     Config: ClassVar[type] = TTCConfig
     stochastic: ClassVar[bool] = True
     non_differentiable: ClassVar[tuple[str, ...]] = ("counterattack",)
+    paper: ClassVar[str | None] = "https://arxiv.org/abs/2503.03613"
+    code: ClassVar[str | None] = "https://github.com/Sxing2/CLIP-Test-time-Counterattacks"
+    reported: ClassVar[tuple[ReportedFigure, ...]] = (
+        ReportedFigure(
+            value=39.17, metric="robust", dataset="mean of 16", attack="PGD-10",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "oblivious: PGD-10 (step 1/255, CE) on plain CLIP, then the counterattack; full test splits of TTC's 16"
+                " datasets, resized to 224 before the attack"
+            ),
+            source=(
+                "Table 1 of the SCC paper (Liu et al., arXiv 2510.22785; project page github.com/JXLiu-AI/scc-page), "
+                "TTC row, re-reporting Xing et al., CVPR 2025"
+            ),
+        ),
+        ReportedFigure(
+            value=59.75, metric="clean", dataset="mean of 16", attack="PGD-10",
+            eps_label="1/255", norm="linf", model="ViT-B-32:openai",
+            protocol=(
+                "oblivious: PGD-10 (step 1/255, CE) on plain CLIP, then the counterattack; full test splits of TTC's 16"
+                " datasets, resized to 224 before the attack"
+            ),
+            source=(
+                "Table 1 of the SCC paper (Liu et al., arXiv 2510.22785; project page github.com/JXLiu-AI/scc-page), "
+                "TTC row, re-reporting Xing et al., CVPR 2025"
+            ),
+        ),
+        ReportedFigure(
+            value=21.22, metric="robust", dataset="mean of 16", attack="PGD-10",
+            eps_label="4/255", norm="linf", model="ViT-B-32:openai",
+            protocol="oblivious: PGD-10 at ε=4/255 on plain CLIP, then the counterattack; TTC's 16 datasets",
+            source=(
+                "ε=4/255 table of DOC (Diversifying counterattacks, AAAI 2026; github.com/bookman233/DOC), TTC row, re-"
+                "reporting Xing et al., CVPR 2025"
+            ),
+        ),
+        ReportedFigure(
+            value=55.63, metric="clean", dataset="mean of 16", attack="PGD-10",
+            eps_label="4/255", norm="linf", model="ViT-B-32:openai",
+            protocol="oblivious: PGD-10 at ε=4/255 on plain CLIP, then the counterattack; TTC's 16 datasets",
+            source=(
+                "ε=4/255 table of DOC (Diversifying counterattacks, AAAI 2026; github.com/bookman233/DOC), TTC row, re-"
+                "reporting Xing et al., CVPR 2025"
+            ),
+        ),
+    )
 
     def wrap(self, classifier: ZeroShotClassifier, context: DefenseContext) -> torch.nn.Module:
         return TTCModule(Counterattacker(classifier, tau_model(self.config, classifier, context), self.config))

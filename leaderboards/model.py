@@ -130,3 +130,7 @@ class Site:
     cells: list[CellRecord]
     entries: list[Entry]
     flag_docs: dict[str, str] = field(default_factory=dict)  # flag name -> one-line meaning
+    # cells re-run by `python -m vlmbench.leaderboards.world reproduce` and how they compared
+    # (its JSON report: seed, versions, cells [{cell_id, defense, attack, dataset, eps_label, track,
+    # status: reproduced | not reproduced | stale, differing_samples, samples, ...}]); None: not checked
+    reproduction: dict[str, Any] | None = None

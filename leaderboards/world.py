@@ -32,7 +32,7 @@ from vlmbench.errors import VlmbenchError
 TRAINING_DEFENSES = ("none", "tecoa", "pmg_aft", "fare", "tga_zsr", "hpt_gpd")
 TEST_TIME_DEFENSES = ("ttc", "scc", "clipure_cos")
 COMMON = ("--model", "world-vit", "--attack", "pgd-10,cw-10", "--eps", "1/255,4/255",
-          "--samples", "60", "--selection", "balanced", "--seed", "0")
+          "--samples", "30", "--selection", "balanced", "--seed", "0")
 
 # Agreement of a re-run cell with the committed one: every per-sample prediction equal is
 # "reproduced"; fp32 kernels of other CPUs may flip an image that sits on a decision boundary, so up

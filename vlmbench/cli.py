@@ -25,8 +25,10 @@ from vlmbench.errors import VlmbenchError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Adversarial-robustness benchmark for zero-shot CLIP models.")
 results_app = typer.Typer(no_args_is_help=True, help="Inspect results files.")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world and its tiny CLIP models.")
+leaderboard_app = typer.Typer(no_args_is_help=True, help="Build the static leaderboard site from results, and serve it locally.")
 app.add_typer(results_app, name="results")
 app.add_typer(world_app, name="world")
+app.add_typer(leaderboard_app, name="leaderboard")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -400,6 +402,61 @@ def results_show(path: Annotated[Path, typer.Argument(help="A results file or fo
     from vlmbench import results
 
     print_report(results.load_results(path))
+
+
+@results_app.command("validate")
+@user_errors
+def results_validate(
+    paths: Annotated[list[Path], typer.Argument(help="Results files, results folders or submission folders.")],
+) -> None:
+    """Check results (and submissions) before publishing: one line per file or submission, `ok` or
+    `FAIL: reason`; exit status 0 when all are valid, 1 otherwise (docs/leaderboards.md)."""
+    from vlmbench.validate import validate_items
+
+    failed = False
+    for path in paths:
+        for what, problems in validate_items(path):
+            if problems:
+                failed = True
+                console.print(f"{what}: FAIL: {'; '.join(problems)}", highlight=False, markup=False, soft_wrap=True)
+            else:
+                console.print(f"{what}: ok", highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@leaderboard_app.command("build")
+@user_errors
+def leaderboard_build(
+    results: Annotated[list[Path] | None, typer.Argument(help="Results folders (or Parquet files) to put on the boards.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Site folder to write (replaced whole; must be new, empty or a previous site).")] = Path("site"),
+    submissions: Annotated[Path | None, typer.Option("--submissions", help="Folder of submissions (one sub-folder each: submission.json + results/).")] = None,
+    reproduction: Annotated[Path | None, typer.Option("--reproduction", help="Report of `python -m vlmbench.leaderboards.world reproduce`: shown on the pages.")] = None,
+) -> None:
+    """Build the static site: one page per board, defense, model and dataset, with CSV/JSON downloads.
+    Invalid submissions are left out with a warning line each; the rest is built."""
+    from vlmbench.leaderboards.site import build
+
+    if not results and submissions is None:
+        raise VlmbenchError("nothing to build: give results folders and/or --submissions DIR")
+    report = build(list(results or []), out, submissions, reproduction)
+    for line in report.invalid:
+        err_console.print(f"[yellow]warning:[/] invalid entry {line}", highlight=False, markup=True, soft_wrap=True)
+    console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"open {(report.out / 'index.html').absolute()} or run: vlmbench leaderboard serve {report.out}",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@leaderboard_app.command("serve")
+@user_errors
+def leaderboard_serve(
+    site: Annotated[Path, typer.Argument(help="Site folder written by `vlmbench leaderboard build`.")],
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = 8000,
+) -> None:
+    """Serve a built site on http://127.0.0.1:PORT/ until interrupted (Ctrl-C)."""
+    from vlmbench.leaderboards.site import serve
+
+    serve(site, port)
 
 
 @results_app.command("schema")

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
-if TYPE_CHECKING:  # pandas is imported where rows are read: defenses import this module for FLAGS
+if TYPE_CHECKING:  # pandas is imported where rows are read: defenses import this module for FLAGS;
+    # torch where a cell is measured: reading results (leaderboards, `results validate`) needs no torch
     import pandas as pd
+    import torch
 
 FLAGS: dict[str, str] = {
     "forward-randomness": "the defended model's forward pass is random but the defense does not declare it: declare stochastic = True so EOT and vote scoring are used",
@@ -53,6 +52,9 @@ def cell_flags(defended: torch.nn.Module, crafting: torch.nn.Module, x: torch.Te
 
     ``forward-randomness`` flags *undeclared* randomness only: a defense that declares ``stochastic``
     is scored over several draws and attacked with EOT, which is the correct handling."""
+    import torch
+    import torch.nn.functional as F
+
     found = []
     if not declared_stochastic:
         with torch.no_grad():

@@ -167,6 +167,10 @@ def _checker(kind: str) -> Callable[[Any], str | None]:
             return f"is {value!r}, expected {expected}"
         if not getattr(value, "name", None) or not getattr(value, "description", None):
             return "has no 'name' or 'description'"
+        if kind == "defenses":
+            from vlmbench.defense import check_declarations
+
+            return check_declarations(value)  # paper, code and reported figures
         return None
 
     return check

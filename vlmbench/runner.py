@@ -491,6 +491,13 @@ def run_metadata(device: torch.device) -> dict[str, Any]:
     }
 
 
+def defense_metadata(parts: tuple[Defense, ...]) -> dict[str, dict[str, Any]]:
+    """The run metadata's ``defenses``: each part of the cell's defense (``tecoa+ttc`` has two) with what it
+    declares (:meth:`Defense.declaration`: kind, randomness, BPDA steps, paper, code, reported figures).
+    Run metadata, not protocol: declaring a paper or a figure does not change a cell's identity."""
+    return {part.name: part.declaration() for part in parts}
+
+
 class _PassCounter(torch.nn.Module):
     """Counts images sent forward through, and gradients sent back through, the wrapped model."""
 
@@ -773,8 +780,8 @@ def _compute_cell(
         if on_advance:
             on_advance(len(batch_indices))
     rows = pd.concat(frames, ignore_index=True)
-    run = {**meta, "wall_time_s": time.perf_counter() - started, "resumed": resumed,
-           "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run = {**meta, "defenses": defense_metadata(cell.parts), "wall_time_s": time.perf_counter() - started,
+           "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results.write_atomic(results.to_table(rows, run), final)
     shutil.rmtree(staging, ignore_errors=True)
     return CellOutcome(final, protocol, "resumed" if resumed else "computed", rows)
