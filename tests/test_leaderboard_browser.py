@@ -3,16 +3,13 @@
 internal link, plots, hostile names, no console or page error, and the tables with JavaScript off.
 
 Skipped when Playwright or Chromium is missing, except when ``CI`` is set or
-``VLMBENCH_REQUIRE_BROWSER=1`` (then it fails). With ``VLMBENCH_SCREENSHOT=PATH`` a full-page PNG of
-index.html is saved there.
+``VLMBENCH_REQUIRE_BROWSER=1`` (then it fails). The browser fixtures are in ``browser_support.py``.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
-import os
-import shutil
 import threading
 from collections import deque
 from pathlib import Path
@@ -25,48 +22,13 @@ from leaderboard_fixtures import FORMULA_ENTRY, JS_URL, TECOA_BOARD, WORLD_BOARD
 from vlmbench.leaderboards.render import render_site
 from vlmbench.leaderboards.site import write_site
 
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") or os.environ.get("VLMBENCH_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"browser tests required (CI or VLMBENCH_REQUIRE_BROWSER=1) but {reason}")
-    pytest.skip(reason)
-
+from browser_support import Watched, browser, watched  # noqa: F401 - fixtures
 
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("leaderboard") / "site"
     write_site(render_site(fixture_site(), fixture_samples()), out)
     return out
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        _unavailable("no chromium executable on PATH (Debian: apt-get install chromium)")
-    old_home = os.environ.get("HOME")
-    os.environ["HOME"] = str(tmp_path_factory.mktemp("chromium-home"))  # chromium writes a profile there
-    manager = sync_playwright().start()
-    try:
-        try:
-            instance = manager.chromium.launch(executable_path=executable, headless=True, args=LAUNCH_ARGS)
-        except Exception as exc:  # noqa: BLE001 - a broken browser install is an environment problem
-            _unavailable(f"chromium did not start: {str(exc).splitlines()[0]}")
-        print(f"chromium {instance.version} ({executable})")
-        yield instance
-        instance.close()
-    finally:
-        manager.stop()
-        if old_home is None:
-            os.environ.pop("HOME", None)
-        else:
-            os.environ["HOME"] = old_home
 
 
 class _SilentHandler(http.server.SimpleHTTPRequestHandler):
@@ -89,45 +51,6 @@ def root(request, site_dir: Path) -> str:
     if request.param == "file":
         return site_dir.as_uri() + "/"
     return request.getfixturevalue("http_root")
-
-
-class Watched:
-    """A page with every dialog, console error and page error recorded."""
-
-    def __init__(self, browser, javascript: bool = True) -> None:
-        self.context = browser.new_context(java_script_enabled=javascript, viewport={"width": 1400, "height": 900})
-        self.page = self.context.new_page()
-        self.problems: list[str] = []
-        self.page.on("dialog", self._dialog)
-        self.page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-
-    def _dialog(self, dialog) -> None:
-        self.problems.append(f"dialog {dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    def goto(self, url: str):
-        response = self.page.goto(url)
-        assert response is None or response.ok, url
-        self.page.wait_for_load_state("load")
-        return self.page
-
-    def close(self) -> None:
-        self.context.close()
-
-
-@pytest.fixture
-def watched(browser):
-    pages: list[Watched] = []
-
-    def make(javascript: bool = True) -> Watched:
-        pages.append(Watched(browser, javascript))
-        return pages[-1]
-
-    yield make
-    for w in pages:
-        assert w.problems == [], w.problems
-        w.close()
 
 
 def column(page, table: str, index: int, visible_only: bool = True) -> list[str]:
@@ -292,12 +215,3 @@ def test_tables_without_javascript(root, watched):
     assert page.locator("#board-table thead th").nth(0).get_attribute("aria-sort") is None
     index = w.goto(root + "index.html")
     assert index.locator(f"#index-{WORLD_BOARD} tbody tr").count() == 5
-
-
-def test_screenshot_for_the_readme(browser, site_dir, watched):
-    target = os.environ.get("VLMBENCH_SCREENSHOT")
-    if not target:
-        pytest.skip("VLMBENCH_SCREENSHOT not set")
-    w = watched()
-    w.goto(site_dir.as_uri() + "/index.html").screenshot(path=target, full_page=True)
-    assert Path(target).stat().st_size > 10_000
