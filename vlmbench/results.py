@@ -697,13 +697,14 @@ def worst_case(rows: pd.DataFrame) -> pd.DataFrame:
         key = json.dumps([[_scalar(record[c]) for c in display], description_key(description, is_attack_part),
                           hashlib.sha256(repr(samples[record["cell_id"]]).encode()).hexdigest()], default=str)
         groups.setdefault(key, []).append(record["cell_id"])
+    by_cell = dict(tuple(rows.groupby("cell_id", sort=False)))  # split once: per-group masks are quadratic
     frames = []
     for members in groups.values():
         if len(members) < 2:
             continue
-        part = rows[rows["cell_id"].isin(members)]
+        part = pd.concat([by_cell[m] for m in members], ignore_index=True)
         robust = part.groupby("sample_index")["robust"].all()
-        base = rows[rows["cell_id"] == members[0]].copy()
+        base = by_cell[members[0]].copy()
         base["robust"] = base["sample_index"].map(robust).astype(bool).to_numpy()
         rate = part.groupby("sample_index")["robust_rate"].min()
         base["robust_rate"] = base["sample_index"].map(rate).astype(float).to_numpy()
