@@ -26,9 +26,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 results_app = typer.Typer(no_args_is_help=True, help="Inspect results files.")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world and its tiny CLIP models.")
 leaderboard_app = typer.Typer(no_args_is_help=True, help="Build the static leaderboard site from results, and serve it locally.")
+new_app = typer.Typer(no_args_is_help=True, help="Create a plugin package to fill in: a defense or an attack.")
 app.add_typer(results_app, name="results")
 app.add_typer(world_app, name="world")
 app.add_typer(leaderboard_app, name="leaderboard")
+app.add_typer(new_app, name="new")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -470,6 +472,48 @@ def results_schema() -> None:
     for row in results.describe_schema():
         table.add_row(*row)
     console.print(table)
+
+
+def _print_new_package(folder: Path, files: list[str], kind: str, name: str) -> None:
+    console.print(f"created {folder}/", highlight=False, markup=False)
+    for relative in files:
+        console.print(f"  {relative}", highlight=False, markup=False)
+    console.print(
+        f"next: fill in src/{folder.name.replace('-', '_')}/plugin.py (every TODO and REPLACE), then\n"
+        f"  cd {folder} && pip install -e '.[test]' && pytest\n"
+        f"  vlmbench list {kind}s    # shows {name}",
+        highlight=False, markup=False, soft_wrap=True,
+    )
+
+
+OutOption = Annotated[Path, typer.Option("--out", help="Folder in which vlmbench-NAME/ is created.")]
+
+
+@new_app.command("defense")
+@user_errors
+def new_defense(
+    name: Annotated[str, typer.Argument(help="Plugin name: lowercase letters, digits, '_' and '-' (module vlmbench_NAME).")],
+    kind: Annotated[str, typer.Option("--kind", help="training (fine-tuning, FineTuneDefense) or test-time (wraps the classifier).")],
+    out: OutOption = Path("."),
+) -> None:
+    """Create DIR/vlmbench-NAME/: a pip-installable defense plugin that runs as generated, with its tests."""
+    from vlmbench.scaffold import new_plugin
+
+    folder, files = new_plugin("defense", name, out, defense_kind=kind)
+    _print_new_package(folder, files, "defense", name)
+
+
+@new_app.command("attack")
+@user_errors
+def new_attack(
+    name: Annotated[str, typer.Argument(help="Plugin name: lowercase letters, digits, '_' and '-' (module vlmbench_NAME).")],
+    out: OutOption = Path("."),
+) -> None:
+    """Create DIR/vlmbench-NAME/: a pip-installable attack plugin that runs as generated, with its tests."""
+    from vlmbench.scaffold import new_plugin
+
+    folder, files = new_plugin("attack", name, out)
+    _print_new_package(folder, files, "attack", name)
 
 
 @world_app.command("train")
