@@ -142,6 +142,7 @@ def run(
     superclasses: Annotated[str | None, typer.Option(help="Attack the superclass label space: a map the dataset offers (world-combo: shape, colour) or a JSON file.")] = None,
     cascade: Annotated[bool, typer.Option(help="Run each later attack only on the images every earlier one left robust (recorded).")] = False,
     eps_sweep: Annotated[bool, typer.Option(help="Quick ε sweep per cell (2ε, 4ε on 16 images) for the eps-not-monotone flag.")] = True,
+    save_adversarials: Annotated[bool, typer.Option("--save-adversarials", help="Store each attacked cell's adversarial images beside its Parquet file (CELL.adv.npz), for `results verify`.")] = False,
     plugin: PluginOption = None,
 ) -> None:
     """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
@@ -201,6 +202,7 @@ def run(
         superclasses=superclasses,
         cascade=cascade,
         eps_sweep=eps_sweep,
+        save_adversarials=save_adversarials,
     )
     the_plan = plan(request)
     notes: list[str] = list(getattr(the_plan, "notes", []))
@@ -423,6 +425,37 @@ def results_validate(
                 console.print(f"{what}: FAIL: {'; '.join(problems)}", highlight=False, markup=False, soft_wrap=True)
             else:
                 console.print(f"{what}: ok", highlight=False, markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@results_app.command("verify")
+@user_errors
+def results_verify(
+    paths: Annotated[list[Path], typer.Argument(help="Results files or folders.")],
+    require_adversarials: Annotated[bool, typer.Option("--require-adversarials", help="A cell of an attack without its adversarial file fails.")] = False,
+    data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Re-check stored adversarial images (run --save-adversarials): each in [0,1] and the recorded
+    ε-ball of its clean image, and re-scored by the rebuilt defended model to the recorded predictions.
+    One line per cell: `ok (n/n agree)`, `FAIL: reason`, `cannot verify: reason` or `no adversarial
+    file`; exit status 1 on any FAIL or cannot verify, 0 otherwise (docs/results-schema.md)."""
+    _load_plugin_sources(plugin)
+    import torch
+
+    from vlmbench.verify import verify_paths
+
+    if threads is not None:
+        if threads < 1:
+            _fail(f"--threads {threads}: give a number of threads ≥ 1, or leave it out")
+        torch.set_num_threads(threads)
+    failed = False
+    for file, line, bad in verify_paths(paths, data_root=data_root, device=device, require_adversarials=require_adversarials):
+        failed |= bad
+        console.print(f"{file}: {line}", highlight=False, markup=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -108,6 +108,9 @@ class RunRequest:
             (same ε, track, dataset) left robust, as AutoAttack does; recorded as ``cascade_after``.
         eps_sweep: measure the per-cell ``eps-not-monotone`` flag with a quick sweep (the cell's
             attack at 2ε and 4ε on the first images).
+        save_adversarials: store each attacked cell's adversarial images beside its Parquet file
+            (:func:`adversarial_filename`; docs/results-schema.md, "Adversarial images"). Run
+            metadata, not protocol: it does not change the cell id.
     """
 
     models: tuple[str, ...] = ("world-vit",)
@@ -141,6 +144,7 @@ class RunRequest:
     superclasses: str | None = None
     cascade: bool = False
     eps_sweep: bool = True
+    save_adversarials: bool = False
 
 
 DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018: EOT over ≥ 10 draws for random defenses
@@ -260,10 +264,7 @@ def plan(request: RunRequest) -> Plan:
         except DatasetNotFoundError as exc:  # keep going: one error then names every missing dataset
             missing.append(exc)
             continue
-        if choice.templates is not None:
-            dataset = with_templates(dataset, choice.templates)
-        if choice.resize_before_attack:
-            dataset = Resized(dataset, 224)
+        dataset = prepare_dataset(dataset, choice)
         labels = dataset_labels(dataset) if choice.selection == "balanced" and entry.n_samples is not None else None
         indices = select_indices(len(dataset), entry.n_samples, choice.selection, request.seed, labels)
         if entry.n_samples is not None and entry.n_samples > len(dataset):
@@ -294,6 +295,15 @@ def plan(request: RunRequest) -> Plan:
     check_writable(cache_dir(), "cache folder (VLMBENCH_CACHE)")
     return Plan(request, models, defenses, datasets, attacks, _device(request.device), source, source_defense,
                 label_spaces, data_choices, notes)
+
+
+def prepare_dataset(dataset: ZeroShotDataset, choice: DataChoice) -> ZeroShotDataset:
+    """A loaded split as the cells see it: its prompt templates and the preset's load-time resize."""
+    if choice.templates is not None:
+        dataset = with_templates(dataset, choice.templates)
+    if choice.resize_before_attack:
+        dataset = Resized(dataset, 224)
+    return dataset
 
 
 def check_writable(folder: Path, what: str) -> None:
@@ -531,6 +541,103 @@ def cell_filename(protocol: Protocol) -> str:
     return "__".join(safe) + ".parquet"
 
 
+ADVERSARIAL_SUFFIX = ".adv.npz"
+
+
+def adversarial_filename(protocol: Protocol) -> str:
+    """The cell's adversarial-image file: its Parquet file's name with ``.adv.npz`` for ``.parquet``."""
+    return adversarial_path(Path(cell_filename(protocol))).name
+
+
+def adversarial_path(cell_file: Path) -> Path:
+    """Where the adversarial images of the cell stored at ``cell_file`` lie: beside it."""
+    name = cell_file.name[: -len(".parquet")] if cell_file.name.endswith(".parquet") else cell_file.name
+    return cell_file.with_name(name + ADVERSARIAL_SUFFIX)
+
+
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # members carry no wall-clock time: equal images give equal files
+
+
+def uint8_exact(images: np.ndarray) -> bool:
+    """Whether every float32 pixel is exactly ``k / 255`` as float32 computes it (then stored as uint8 ``k``)."""
+    if images.size == 0:
+        return True
+    if float(images.min()) < 0 or float(images.max()) > 1:
+        return False
+    levels = np.rint(images * np.float32(255)).astype(np.uint8)
+    return bool(np.array_equal(levels.astype(np.float32) / np.float32(255), images))
+
+
+def write_adversarials(parts: list[Path], indices: list[int], protocol: Protocol, path: Path) -> None:
+    """Merge the staged per-batch adversarial images (``.npy``, float32) into the cell's ``.adv.npz``,
+    atomically (``.NAME.PID.tmp``, ``fsync``, rename), streaming one batch at a time.
+
+    The file is a NumPy ``.npz`` (deflate-compressed zip of ``.npy`` members, readable by ``np.load``)
+    with ``sample_index`` (int64, N), ``images`` (N, 3, H, W), ``encoding`` (``"uint8/255"`` when every
+    pixel is exactly k/255 and stored as uint8 k, else ``"float32"``), ``cell_id`` and ``protocol``
+    (canonical JSON). Members carry a fixed timestamp, so a resumed cell's file is byte-identical to
+    an uninterrupted one's.
+    """
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    shapes = [np.load(part, mmap_mode="r").shape for part in parts]
+    if sum(shape[0] for shape in shapes) != len(indices) or len({shape[1:] for shape in shapes}) > 1:
+        raise RunError(f"staged adversarial images of cell {protocol.cell_hash()} do not match its samples; rerun")
+    as_uint8 = all(uint8_exact(np.load(part)) for part in parts)
+    dtype = np.dtype(np.uint8 if as_uint8 else "<f4")
+    members = {"sample_index": np.asarray(indices, dtype="<i8"), "encoding": np.array("uint8/255" if as_uint8 else "float32"),
+               "cell_id": np.array(protocol.cell_hash()), "protocol": np.array(protocol.to_json())}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+    def member(name: str) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=_FIXED_ZIP_TIME)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        return info
+
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, value in members.items():
+                with archive.open(member(name), "w", force_zip64=True) as handle:
+                    npy.write_array(handle, value, allow_pickle=False)
+            with archive.open(member("images"), "w", force_zip64=True) as handle:
+                header = {"descr": npy.dtype_to_descr(dtype), "fortran_order": False,
+                          "shape": (len(indices), *shapes[0][1:])}
+                npy.write_array_header_1_0(handle, header)
+                for part in parts:
+                    batch = np.ascontiguousarray(np.load(part), dtype="<f4")
+                    if as_uint8:
+                        batch = np.rint(batch * np.float32(255)).astype(np.uint8)
+                    handle.write(batch.tobytes())
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _staged_adversarials(path: Path, n: int) -> bool:
+    """Whether a staged batch of ``n`` adversarial images is present and readable."""
+    try:
+        return path.exists() and np.load(path, mmap_mode="r").shape[0] == n
+    except (OSError, ValueError):
+        return False
+
+
 def execute(
     plan_: Plan,
     on_cell: Callable[[Protocol, int], None] | None = None,
@@ -567,7 +674,7 @@ def _execute(
                 model = part.adapt_model(model, context)
             for dataset_plugin, dataset, indices in plan_.datasets:
                 data_choice = plan_.data_choices[dataset_plugin.name]
-                classifier = ZeroShotClassifier.build(model, dataset.classnames, dataset.templates).to(device)
+                classifier, defended = defended_pipeline(model, defense.parts, dataset, context, device)
                 source_classifier = None
                 if source is not None:
                     source_classifier = ZeroShotClassifier.build(source, dataset.classnames, dataset.templates).to(device)
@@ -576,9 +683,6 @@ def _execute(
                 target_mode, superclasses = plan_.label_spaces[dataset_plugin.name]
                 broken: dict[tuple[str, str], dict[int, int]] = {}  # cascade: (track, ε) → {index: adv_pred}
                 earlier: dict[tuple[str, str], list[str]] = {}  # cascade: attacks already run at (track, ε)
-                defended: torch.nn.Module = classifier
-                for part in defense.parts:
-                    defended = part.wrap(defended, context)  # type: ignore[arg-type]
                 data_spec = DataSpec(
                     dataset=dataset_plugin.name,
                     split=dataset.split,
@@ -621,7 +725,8 @@ def _execute(
                     if on_cell:
                         on_cell(protocol, len(indices))
                     cell = _Cell(protocol, model, attack, classifier, defended, dataset, indices, device, source_classifier,
-                                 superclasses, broken.get(stage, {}), request.eps_sweep, defense.parts, original)
+                                 superclasses, broken.get(stage, {}), request.eps_sweep, defense.parts, original,
+                                 request.save_adversarials and attack.cls.name != "none")
                     outcome = _run_cell(cell, request.output, meta, on_advance, on_wait)
                     outcomes.append(outcome)
                     if request.cascade:
@@ -629,6 +734,17 @@ def _execute(
                         done = outcome.rows[~outcome.rows["robust"]]
                         broken.setdefault(stage, {}).update(zip(done["sample_index"].tolist(), done["adv_pred"].tolist()))
     return outcomes
+
+
+def defended_pipeline(model: ClipModel, parts: tuple[Defense, ...], dataset: ZeroShotDataset, context: DefenseContext,
+                      device: torch.device) -> tuple[ZeroShotClassifier, torch.nn.Module]:
+    """``(classifier, defended)``: the zero-shot classifier of ``model`` (after training-time defenses)
+    over ``dataset``'s classes, and that classifier wrapped by each part's test-time defense."""
+    classifier = ZeroShotClassifier.build(model, dataset.classnames, dataset.templates).to(device)
+    defended: torch.nn.Module = classifier
+    for part in parts:
+        defended = part.wrap(defended, context)  # type: ignore[arg-type]
+    return classifier, defended
 
 
 def adaptive_budget(attack: AttackChoice, request: RunRequest) -> AttackChoice:
@@ -694,6 +810,7 @@ class _Cell:
     eps_sweep: bool = True
     parts: tuple[Defense, ...] = ()  # the defense's parts (their declared non-differentiable steps are checked)
     original: ClipModel | None = None  # the model before training-time defenses (TTC's τ encoder)
+    save_adversarials: bool = False  # store the adversarial images (attacked cells of --save-adversarials)
 
 
 def _run_cell(
@@ -763,25 +880,36 @@ def _compute_cell(
                           encoders=encoders, defense=protocol.defense.name)
     clean_id = _clean_identity(protocol)
     started = time.perf_counter()
-    frames, resumed = [], False
+    frames, resumed, adversarial_parts = [], False, []
     for start in range(0, len(indices), batch_size):
         part = staging / f"{start:09d}.parquet"
+        adversarial_part = staging / f"{start:09d}.adv.npy"  # staged before the rows: rows imply images
         batch_indices = indices[start : start + batch_size]
         frame = _read_part(part, batch_indices)
+        if cell.save_adversarials and frame is not None and not _staged_adversarials(adversarial_part, len(batch_indices)):
+            frame = None  # staged by a run without --save-adversarials: recompute (same seeds, same rows)
         if frame is None:
+            kept: list[torch.Tensor] | None = [] if cell.save_adversarials else None
             frame = _run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start),
-                               batch_seed(protocol.seed, clean_id, start))
+                               batch_seed(protocol.seed, clean_id, start), kept)
             frame["flags"] = flags
             frame = frame.assign(**cost)
+            if kept is not None:
+                _save_npy_atomic(kept[0].numpy().astype("<f4", copy=False), adversarial_part)
             results.write_atomic(results.to_table(frame, {}), part)
         else:
             resumed = True
         frames.append(frame)
+        adversarial_parts.append(adversarial_part)
         if on_advance:
             on_advance(len(batch_indices))
     rows = pd.concat(frames, ignore_index=True)
     run = {**meta, "defenses": defense_metadata(cell.parts), "wall_time_s": time.perf_counter() - started,
            "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if cell.save_adversarials:  # before the cell file: a cell file that names its images always has them
+        images = adversarial_path(final)
+        write_adversarials(adversarial_parts, indices, protocol, images)
+        run["adversarials"] = images.name
     results.write_atomic(results.to_table(rows, run), final)
     shutil.rmtree(staging, ignore_errors=True)
     return CellOutcome(final, protocol, "resumed" if resumed else "computed", rows)
@@ -991,9 +1119,11 @@ def check_logits(logits: Any, n: int, classes: int, defense: str) -> None:
                        "for this batch")
 
 
-def _run_batch(cell: _Cell, indices: list[int], seed: int, clean_seed: int) -> pd.DataFrame:
+def _run_batch(cell: _Cell, indices: list[int], seed: int, clean_seed: int,
+               adversarials: list[torch.Tensor] | None = None) -> pd.DataFrame:
     """One batch's rows. ``seed`` drives the attack and the adversarial predictions; ``clean_seed``
-    the clean predictions (it does not depend on the track or attack: :func:`_clean_identity`)."""
+    the clean predictions (it does not depend on the track or attack: :func:`_clean_identity`).
+    ``adversarials``, when given, receives the batch's evaluated adversarial images (on the CPU)."""
     protocol, attack, device = cell.protocol, cell.attack, cell.device
     x, y = _load_batch(cell, indices)
     started = time.perf_counter()
@@ -1004,6 +1134,8 @@ def _run_batch(cell: _Cell, indices: list[int], seed: int, clean_seed: int) -> p
     x_adv, target, attacked, crafting = _attack(cell, x, y, attack, generator, skip)
     check_perturbation(x, x_adv, attack.threat, attack.spec)
     adv_pred, adv_draws = predict_draws(cell, x_adv, seed)
+    if adversarials is not None:
+        adversarials.append(x_adv.detach().cpu())
     if skip.any():  # cascade: keep the earlier attack's outcome
         earlier = torch.tensor([cell.skip.get(i, -1) for i in indices], dtype=adv_pred.dtype, device=device)
         adv_pred = torch.where(skip, earlier, adv_pred)
