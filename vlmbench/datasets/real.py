@@ -10,7 +10,7 @@ Pixels (``ZeroShotDataset.pixels``, recorded in ``DataSpec.resolution``):
 
 * fixed-size datasets are served at their native resolution: CIFAR-10/100 32×32, STL-10 96×96,
   PCAM 96×96, EuroSAT 64×64, TinyImageNet 64×64; the model resizes inside its forward, so the
-  attack's ε-ball lives on these pixels (TeCoA/FARE convention, defenses.md §9.4);
+  attack's ε-ball lives on these pixels (TeCoA/FARE convention, docs/provenance.md#resolution);
 * datasets whose images vary in size (all others) cannot be batched as stored; they are resized at
   load, deterministically, to 224×224: shorter side to 224 with bicubic (antialiased) interpolation,
   then a centre crop: OpenAI CLIP's own evaluation preprocessing for a 224 model. The ε-ball lives on
