@@ -132,24 +132,13 @@ def write_site(files: dict[str, bytes], out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _standards() -> Any:
-    from vlmbench.leaderboards import boards
-
-    if hasattr(boards, "load_standards"):
-        return boards.load_standards()
-    from vlmbench.leaderboards import standards  # type: ignore[attr-defined]  # sibling module, if the data layer put it there
-
-    return standards.load_standards()
-
-
 def build(sources: list[Path], out: Path, submissions: Path | None = None,
           reproduction: Path | None = None) -> BuildReport:
     """Collect the results in ``sources`` (and the submissions folder), compute the boards, render
     the site and write it to ``out`` atomically (see :func:`write_site`).
 
-    Per-sample rows behind each board are written when the data layer offers them
-    (``boards.board_samples(collection, site) -> {board_id: [record, ...]}``); otherwise no
-    ``*.samples.csv`` file is written. Raises VlmbenchError for a refused ``out`` (before any work)
+    Each board's per-sample rows (``boards.board_samples``) are written as ``board/<id>.samples.csv``.
+    Raises VlmbenchError for a refused ``out`` (before any work)
     or for what the data layer rejects.
     """
     out = Path(out)
@@ -159,10 +148,10 @@ def build(sources: list[Path], out: Path, submissions: Path | None = None,
     from vlmbench.leaderboards.render import render_site
 
     collection = collect([Path(s) for s in sources], None if submissions is None else Path(submissions))
-    site = boards.site_model(collection, _standards())
+    site = boards.site_model(collection, boards.load_standards())
     if reproduction is not None:
         apply_reproduction(site, read_reproduction(Path(reproduction)))
-    samples = boards.board_samples(collection, site) if hasattr(boards, "board_samples") else None
+    samples = boards.board_samples(collection, site)
     files = render_site(site, samples)
     write_site(files, out)
     return BuildReport(

@@ -313,8 +313,7 @@ def install_fake_data_layer(monkeypatch: pytest.MonkeyPatch, samples: bool = Tru
     collect_mod.collect = collect
     boards_mod.site_model = site_model
     boards_mod.load_standards = lambda: "STANDARDS"
-    if samples:
-        boards_mod.board_samples = lambda collection, site: fixture_samples()
+    boards_mod.board_samples = lambda collection, site: fixture_samples() if samples else None
     for name, module in (("collect", collect_mod), ("boards", boards_mod)):
         monkeypatch.setitem(sys.modules, f"vlmbench.leaderboards.{name}", module)
         monkeypatch.setattr(package, name, module, raising=False)

@@ -443,14 +443,15 @@ def results_verify(
     ε-ball of its clean image, and re-scored by the rebuilt defended model to the recorded predictions.
     One line per cell: `ok (n/n agree)`, `FAIL: reason`, `cannot verify: reason` or `no adversarial
     file`; exit status 1 on any FAIL or cannot verify, 0 otherwise (docs/results-schema.md)."""
+    from vlmbench.preflight import validate_request_options
+
+    validate_request_options(threads=threads)  # the run command's own check, before torch is imported
     _load_plugin_sources(plugin)
     import torch
 
     from vlmbench.verify import verify_paths
 
     if threads is not None:
-        if threads < 1:
-            _fail(f"--threads {threads}: give a number of threads ≥ 1, or leave it out")
         torch.set_num_threads(threads)
     failed = False
     for file, line, bad in verify_paths(paths, data_root=data_root, device=device, require_adversarials=require_adversarials):
