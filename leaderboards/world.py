@@ -34,12 +34,12 @@ TEST_TIME_DEFENSES = ("ttc", "scc", "clipure_cos")
 COMMON = ("--model", "world-vit", "--attack", "pgd-10,cw-10", "--samples", "30", "--selection", "balanced",
           "--seed", "0", "--threads", "1")
 # Training-time defenses at both radii. Test-time defenses at 1/255 only (the main setting of TTC and
-# SCC), on both tracks: their adaptive track (40 steps, 10 EOT draws, 10 evaluation draws) costs 2-4
-# CPU-minutes per 30-image cell, so 4/255 would double an entry that is already the longest job.
+# SCC), on both tracks: their adaptive track (40 steps, 10 EOT draws, 10 evaluation draws) took 2-4
+# minutes per 30-image cell on a shared 2-core CPU, so 4/255 would double an entry that is already the longest job.
 TRAINING_EPS = ("--eps", "1/255,4/255")
 TEST_TIME_EPS = ("--eps", "1/255")
 # SCC's adaptive cells (TTC warm-up + correction + multi-view averaging, under 40 steps x 10 EOT
-# draws) took over 10 CPU-minutes each here, so the entry evaluates SCC on world-colour only: its
+# draws) took over 10 minutes each on a shared 2-core CPU, so the entry evaluates SCC on world-colour only: its
 # rows are marked incomplete ("missing datasets") on the boards, never ranked as complete.
 ONLY_DATASETS = {"scc": ("--dataset", "world-colour")}
 
