@@ -27,10 +27,12 @@ results_app = typer.Typer(no_args_is_help=True, help="Inspect results files.")
 world_app = typer.Typer(no_args_is_help=True, help="The embedded synthetic world and its tiny CLIP models.")
 leaderboard_app = typer.Typer(no_args_is_help=True, help="Build the static leaderboard site from results, and serve it locally.")
 new_app = typer.Typer(no_args_is_help=True, help="Create a plugin package to fill in: a defense or an attack.")
+check_app = typer.Typer(no_args_is_help=True, help="Check a defense or an attack: its contract, and whether it is evaluated soundly.")
 app.add_typer(results_app, name="results")
 app.add_typer(world_app, name="world")
 app.add_typer(leaderboard_app, name="leaderboard")
 app.add_typer(new_app, name="new")
+app.add_typer(check_app, name="check")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -548,6 +550,99 @@ def new_attack(
 
     folder, files = new_plugin("attack", name, out)
     _print_new_package(folder, files, "attack", name)
+
+
+def _check(kind: str, name: str, options: dict[str, Any], json_path: Path | None, workdir: Path | None,
+           device: str, threads: int | None, plugin: list[str] | None) -> None:
+    """Run ``vlmbench check KIND NAME``: print the report, write it as JSON, exit 1 on a failure."""
+    from vlmbench.preflight import validate_request_options
+
+    validate_request_options(threads=threads)
+    _load_plugin_sources(plugin)
+    import torch
+
+    from vlmbench.check import CheckSettings, check_attack, check_defense, report_lines, write_report
+
+    settings = CheckSettings(**options)
+    settings.eps_value()  # a bad ε is refused before anything runs
+    if threads is not None:
+        torch.set_num_threads(threads)
+    run = check_defense if kind == "defense" else check_attack
+    report = run(name, settings, device=device, workdir=workdir,
+                 progress=lambda step: err_console.print(f"[dim]{step}[/]", highlight=False))
+    for line in report_lines(report):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    target = json_path or Path(f"vlmbench-check-{kind}-{name.replace('+', '_')}.json")
+    write_report(report, target)
+    console.print(f"report: {target}", highlight=False, markup=False, soft_wrap=True)
+    if report.status == "fail":
+        raise typer.Exit(1)
+
+
+CheckSamples = Annotated[int, typer.Option(help="Images (class-balanced, seeded) of the check's dataset.")]
+CheckSteps = Annotated[int, typer.Option(help="Steps of the white-box attack; 'convergence' runs 4x as many with 2 restarts.")]
+CheckEps = Annotated[str, typer.Option(help="The check's l-inf radius; the sweep runs at 1, 4, 16 and 64 times it.")]
+CheckJson = Annotated[Path | None, typer.Option("--json", help="Where to write the report (default: vlmbench-check-KIND-NAME.json).")]
+CheckWorkdir = Annotated[Path | None, typer.Option(help="Keep the check's result cells in this folder (default: a temporary one).")]
+CheckDevice = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+CheckThreads = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")]
+CheckSeed = Annotated[int, typer.Option(help="Base seed.")]
+CheckBinarization = Annotated[int | None, typer.Option(help="Images of the binarization test (at most --samples; default 8 or --samples if fewer).")]
+CheckOnly = Annotated[list[str] | None, typer.Option("--only", help="Run just this check (repeatable; ids: docs/checks.md).")]
+
+
+@check_app.command("defense")
+@user_errors
+def check_defense_command(
+    name: Annotated[str, typer.Argument(help="Defense name (registered, --plugin, or a composition a+b).")],
+    samples: CheckSamples = 16,
+    steps: CheckSteps = 10,
+    eps: CheckEps = "1/255",
+    eot: Annotated[int, typer.Option(help="EOT draws of the adaptive attack on a stochastic defense.")] = 5,
+    eval_draws: Annotated[int, typer.Option(help="Draws scoring a stochastic defense.")] = 5,
+    square_steps: Annotated[int, typer.Option(help="Square's budget (50 queries per step).")] = 10,
+    binarization_samples: CheckBinarization = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Evaluate a training-time defense with its smoke_config() (fast, barely trained).")] = False,
+    only: CheckOnly = None,
+    seed: CheckSeed = 0,
+    json_path: CheckJson = None,
+    workdir: CheckWorkdir = None,
+    device: CheckDevice = "auto",
+    threads: CheckThreads = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Check a defense on the embedded world: its contract (output, randomness, BPDA, gradients, cost,
+    training cache) and the soundness of its evaluation (eps sweep, convergence, white-box vs transfer vs
+    noise, Square, adaptive vs oblivious, targeted, binarization test). Exit 1 on a failure, 0 otherwise
+    (warnings are listed). Each check: docs/checks.md."""
+    options = {"samples": samples, "steps": steps, "eps": eps, "eot_draws": eot, "eval_draws": eval_draws,
+               "square_steps": square_steps, "binarization_samples": binarization_samples, "smoke": smoke, "seed": seed,
+               "only": tuple(only or ())}
+    _check("defense", name, options, json_path, workdir, device, threads, plugin)
+
+
+@check_app.command("attack")
+@user_errors
+def check_attack_command(
+    name: Annotated[str, typer.Argument(help="Attack name (registered or --plugin).")],
+    samples: CheckSamples = 16,
+    steps: CheckSteps = 10,
+    eps: CheckEps = "1/255",
+    binarization_samples: CheckBinarization = None,
+    only: CheckOnly = None,
+    seed: CheckSeed = 0,
+    json_path: CheckJson = None,
+    workdir: CheckWorkdir = None,
+    device: CheckDevice = "auto",
+    threads: CheckThreads = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Check an attack against the undefended world model: its contract (the eps-ball and [0,1], its
+    randomness) and its strength (eps sweep, convergence, beats random noise, targeted, binarization
+    test). Exit 1 on a failure, 0 otherwise. Each check: docs/checks.md."""
+    options = {"samples": samples, "steps": steps, "eps": eps, "binarization_samples": binarization_samples, "seed": seed,
+               "only": tuple(only or ())}
+    _check("attack", name, options, json_path, workdir, device, threads, plugin)
 
 
 @world_app.command("train")

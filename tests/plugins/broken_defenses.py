@@ -4,8 +4,12 @@
 * ``extra-columns``: returns one logit column more than the dataset has classes.
 * ``flat-logits``: returns one number per image (1-D logits).
 * ``undeclared-noise``: adds input noise without declaring ``stochastic``.
+* ``saturated-logits``: multiplies the logits by 10⁴, so the softmax saturates and the cross-entropy
+  gradient is exactly zero on every confidently classified image (masked gradients; the predictions
+  are the undefended model's).
 
-The runner must refuse the first three with a one-line error naming the defense, and flag the fourth.
+The runner must refuse the first three with a one-line error naming the defense, and flag the fourth;
+``vlmbench check`` must fail the last two with the right findings.
 """
 
 from __future__ import annotations
@@ -65,3 +69,11 @@ class UndeclaredNoise(Defense):
                 return self.classifier((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
 
         return Noisy()
+
+
+class SaturatedLogits(Defense):
+    name: ClassVar[str] = "saturated-logits"
+    description: ClassVar[str] = "broken test defense: logits x 1e4 (saturated softmax, masked gradients)"
+
+    def wrap(self, classifier, context: DefenseContext) -> torch.nn.Module:
+        return _Output(classifier, lambda logits: logits * 1e4)
