@@ -95,6 +95,30 @@ def apply_reproduction(site: Site, report: dict[str, Any]) -> None:
                 row.reproduced = "no: " + "; ".join(f"{c.get('attack', '?')} {c.get('dataset', '?')} {c['status']}" for c in bad)
 
 
+def read_verification(path: Path) -> dict[str, Any]:
+    """The JSON report of ``vlmbench results verify --report``; one-line error if unusable."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise VlmbenchError(f"verification report {path}: cannot read it ({exc})") from None
+    cells = report.get("cells") if isinstance(report, dict) else None
+    if (not isinstance(report, dict) or report.get("kind") != "vlmbench results verify" or not isinstance(cells, list)
+            or not all(isinstance(c, dict) and {"cell_id", "status"} <= set(c) for c in cells)):
+        raise VlmbenchError(f"verification report {path}: not a report of `vlmbench results verify --report`")
+    return report
+
+
+def apply_verification(site: Site, report: dict[str, Any]) -> None:
+    """Mark each board row ``verified`` whose every cell was re-scored from its stored adversarial
+    images and agreed (status ``verified``; clean-only cells, ``no attack``, need no images). A row
+    with any cell unverified, failed or missing from the report stays unmarked."""
+    status = {c["cell_id"]: c["status"] for c in report["cells"] if c["cell_id"] is not None}
+    for board in site.boards:
+        for row in board.rows:
+            found = [status.get(cell) for cell in row.cells]
+            row.verified = "verified" in found and all(s in ("verified", "no attack") for s in found)
+
+
 def write_site(files: dict[str, bytes], out: Path) -> None:
     """Write ``files`` (relative path → bytes) as the folder ``out``, replacing a previous site.
 
@@ -133,7 +157,7 @@ def write_site(files: dict[str, bytes], out: Path) -> None:
 
 
 def build(sources: list[Path], out: Path, submissions: Path | None = None,
-          reproduction: Path | None = None) -> BuildReport:
+          reproduction: Path | None = None, verification: Path | None = None) -> BuildReport:
     """Collect the results in ``sources`` (and the submissions folder), compute the boards, render
     the site and write it to ``out`` atomically (see :func:`write_site`).
 
@@ -151,6 +175,8 @@ def build(sources: list[Path], out: Path, submissions: Path | None = None,
     site = boards.site_model(collection, boards.load_standards())
     if reproduction is not None:
         apply_reproduction(site, read_reproduction(Path(reproduction)))
+    if verification is not None:
+        apply_verification(site, read_verification(Path(verification)))
     samples = boards.board_samples(collection, site)
     files = render_site(site, samples)
     write_site(files, out)

@@ -89,7 +89,7 @@ def test_generates_a_package_whose_python_compiles(tmp_path, kind, defense_kind,
         assert "smoke_config" in source and "def presets" in source and "def phases" in source and "def loss" in source
 
     tests = (folder / "tests" / "test_conformance.py").read_text()
-    assert f"TODO: replace these checks by `vlmbench check {kind} {name}`" in tests
+    assert f'"check", "{kind}", NAME' in tests and "TODO" not in tests
     readme = (folder / "README.md").read_text()
     for item in ("submission.json", "vlmbench results validate", "leaderboards/submissions/<your-entry>/", "pytest"):
         assert item in readme
@@ -273,7 +273,7 @@ def test_generated_test_time_package_installs_and_passes_its_own_tests(tmp_path)
     tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=folder,
                            capture_output=True, text=True, env=env, timeout=300)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "2 passed" in tests.stdout
+    assert "3 passed" in tests.stdout
 
     listing = subprocess.run([str(python), "-c", "import sys; from vlmbench.cli import app; sys.argv[0] = 'vlmbench'; app()",
                               "list", "defenses"], capture_output=True, text=True, env=env, timeout=120)

@@ -230,3 +230,50 @@ def test_images_exactly_on_the_255_grid_are_stored_as_uint8_and_decoded_bit_exac
     with np.load(tmp_path / "y.adv.npz") as archive:
         assert str(archive["encoding"]) == "float32" and archive["images"].dtype == np.float32
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_verification_report_marks_leaderboard_rows_and_a_tampered_file_unmarks_them(saved, tiny_model_plugin_file, tmp_path):
+    """`results verify --report` → `leaderboard build --verification`: the rows whose attacked cells all
+    re-scored from their stored images carry the "verified" badge; one tampered image removes it."""
+    from vlmbench.leaderboards import boards, site
+    from vlmbench.leaderboards.collect import collect
+
+    by_attack = cells(saved)
+    report = tmp_path / "verify.json"
+
+    def marked() -> tuple[list[bool], str]:
+        model = boards.site_model(collect([saved], None), boards.load_standards())
+        site.apply_verification(model, site.read_verification(report))
+        rows = [row for board in model.boards for row in board.rows if by_attack["pgd-2"].stem.split("__")[-1] in row.cells]
+        built = tmp_path / "site"
+        assert invoke("leaderboard", "build", str(saved), "--out", str(built), "--verification", str(report)).exit_code == 0
+        pages = "".join(p.read_text() for p in built.rglob("*.html"))
+        return [row.verified for row in rows], pages
+
+    result = verify(tiny_model_plugin_file, saved, extra=("--report", str(report)))
+    assert result.exit_code == 0, result.output
+    record = json.loads(report.read_text())
+    assert record["kind"] == "vlmbench results verify"
+    assert {Path(c["file"]).name: c["status"] for c in record["cells"]} == {
+        by_attack["pgd-2"].name: "verified", by_attack["none"].name: "no attack"}
+    assert {c["cell_id"] for c in record["cells"]} == {f.stem.split("__")[-1] for f in by_attack.values()}
+    verified, pages = marked()
+    assert verified and all(verified) and ">verified</span>" in pages
+
+    path = runner.adversarial_path(by_attack["pgd-2"])
+    with np.load(path) as archive:
+        moved = archive["images"].copy()
+    moved[1] = np.where(moved[1] > 0.5, moved[1] - 0.05, moved[1] + 0.05)  # out of the ε-ball
+    rewrite(path, images=moved)
+    tampered = verify(tiny_model_plugin_file, saved, extra=("--report", str(report)))
+    assert tampered.exit_code == 1
+    assert [c["status"] for c in json.loads(report.read_text())["cells"] if c["file"] == str(by_attack["pgd-2"])] == ["failed"]
+    verified, pages = marked()
+    assert verified and not any(verified) and ">verified</span>" not in pages
+
+
+def test_a_report_that_is_not_verify_s_is_refused_in_one_line(tmp_path):
+    bad = tmp_path / "r.json"
+    bad.write_text('{"cells": []}')
+    result = invoke("leaderboard", "build", str(tmp_path), "--out", str(tmp_path / "site"), "--verification", str(bad))
+    assert result.exit_code == 2 and "not a report of `vlmbench results verify --report`" in result.output

@@ -24,9 +24,7 @@ the weaker attack fooled and the stronger one did not: none is a pass, up to :fu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -965,11 +963,7 @@ def report_lines(report: Report) -> list[str]:
 
 
 def write_report(report: Report, path: Path) -> None:
-    """Write the report as JSON to ``path``, atomically (a reader sees the old file or the whole new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(report.record(), indent=1, allow_nan=False, default=float) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the report as JSON to ``path``, atomically."""
+    from vlmbench.paths import write_json
+
+    write_json(report.record(), path)

@@ -436,6 +436,7 @@ def results_validate(
 def results_verify(
     paths: Annotated[list[Path], typer.Argument(help="Results files or folders.")],
     require_adversarials: Annotated[bool, typer.Option("--require-adversarials", help="A cell of an attack without its adversarial file fails.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write the outcome per cell as JSON (for `leaderboard build --verification`).")] = None,
     data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
@@ -451,15 +452,19 @@ def results_verify(
     _load_plugin_sources(plugin)
     import torch
 
-    from vlmbench.verify import verify_paths
+    from vlmbench.verify import report_record, verify_paths
 
     if threads is not None:
         torch.set_num_threads(threads)
-    failed = False
-    for file, line, bad in verify_paths(paths, data_root=data_root, device=device, require_adversarials=require_adversarials):
-        failed |= bad
-        console.print(f"{file}: {line}", highlight=False, markup=False, soft_wrap=True)
-    if failed:
+    outcomes = []
+    for file, outcome in verify_paths(paths, data_root=data_root, device=device, require_adversarials=require_adversarials):
+        outcomes.append((file, outcome))
+        console.print(f"{file}: {outcome.line}", highlight=False, markup=False, soft_wrap=True)
+    if report is not None:
+        from vlmbench.paths import write_json
+
+        write_json(report_record(outcomes), report)
+    if any(outcome.failed for _, outcome in outcomes):
         raise typer.Exit(1)
 
 
@@ -470,6 +475,7 @@ def leaderboard_build(
     out: Annotated[Path, typer.Option("--out", help="Site folder to write (replaced whole; must be new, empty or a previous site).")] = Path("site"),
     submissions: Annotated[Path | None, typer.Option("--submissions", help="Folder of submissions (one sub-folder each: submission.json + results/).")] = None,
     reproduction: Annotated[Path | None, typer.Option("--reproduction", help="Report of `python -m vlmbench.leaderboards.world reproduce`: shown on the pages.")] = None,
+    verification: Annotated[Path | None, typer.Option("--verification", help="Report of `vlmbench results verify --report`: rows whose cells all verified are marked.")] = None,
 ) -> None:
     """Build the static site: one page per board, defense, model and dataset, with CSV/JSON downloads.
     Invalid submissions are left out with a warning line each; the rest is built."""
@@ -477,7 +483,7 @@ def leaderboard_build(
 
     if not results and submissions is None:
         raise VlmbenchError("nothing to build: give results folders and/or --submissions DIR")
-    report = build(list(results or []), out, submissions, reproduction)
+    report = build(list(results or []), out, submissions, reproduction, verification)
     for line in report.invalid:
         err_console.print(f"[yellow]warning:[/] invalid entry {line}", highlight=False, markup=True, soft_wrap=True)
     console.print(report.summary(), highlight=False, markup=False, soft_wrap=True)

@@ -58,15 +58,42 @@ class Outcome:
     line: str  # "ok (4/4 agree)", "FAIL: ...", "cannot verify: ...", "no adversarial file"
     failed: bool
 
+    @property
+    def status(self) -> str:
+        """``verified``, ``failed``, ``cannot verify``, ``no attack`` (a clean-only cell) or ``no adversarial file``."""
+        if self.line.startswith("ok"):
+            return "verified"
+        if self.line.startswith("FAIL"):
+            return "failed"
+        if self.line.startswith("cannot verify"):
+            return "cannot verify"
+        return "no attack" if self.line.endswith("(no attack)") else "no adversarial file"
+
+
+REPORT_KIND = "vlmbench results verify"
+
 
 def verify_paths(paths: list[Path], data_root: Path | None = None, device: str = "auto",
-                 require_adversarials: bool = False) -> Iterator[tuple[Path, str, bool]]:
-    """``(cell file, line, failed)`` for every cell file under ``paths``."""
+                 require_adversarials: bool = False) -> Iterator[tuple[Path, Outcome]]:
+    """``(cell file, outcome)`` for every cell file under ``paths``."""
     verifier = Verifier(data_root, runner._device(device))
     for path in paths:
         for file in results.result_files(path):
-            outcome = verifier.verify(file, require_adversarials)
-            yield file, outcome.line, outcome.failed
+            yield file, verifier.verify(file, require_adversarials)
+
+
+def report_record(outcomes: list[tuple[Path, Outcome]]) -> dict[str, Any]:
+    """The JSON report of a verify run (``results verify --report``), which ``vlmbench leaderboard build
+    --verification`` reads to mark verified rows: per cell file its ``cell_id`` (None if unreadable),
+    ``file``, ``status`` (:attr:`Outcome.status`) and ``line``."""
+    cells = []
+    for file, outcome in outcomes:
+        try:
+            cell_id: str | None = str(results.read_file(file).column("cell_id")[0])
+        except (results.ResultsError, OSError, IndexError):
+            cell_id = None
+        cells.append({"cell_id": cell_id, "file": str(file), "status": outcome.status, "line": outcome.line})
+    return {"kind": REPORT_KIND, "cells": cells}
 
 
 def load_adversarials(path: Path) -> dict[str, Any]:
