@@ -277,3 +277,18 @@ def test_a_report_that_is_not_verify_s_is_refused_in_one_line(tmp_path):
     bad.write_text('{"cells": []}')
     result = invoke("leaderboard", "build", str(tmp_path), "--out", str(tmp_path / "site"), "--verification", str(bad))
     assert result.exit_code == 2 and "not a report of `vlmbench results verify --report`" in result.output
+
+
+def test_a_fine_tuned_defense_verifies(tiny_model_plugin_file, tmp_path):
+    """A fine-tuning defense records its resolved training settings beside its config; verify rebuilds
+    it from the config fields and compares the whole record once it has (re)loaded the weights."""
+    smoke = ["steps=2", "batch_size=4", "attack_steps=1", "warmup=0", "preset=world"]
+    out = tmp_path / "out"
+    result = run(tiny_model_plugin_file, out, "--defense", "tecoa", *[p for s in smoke for p in ("--defense-param", s)],
+                 "--save-adversarials")
+    assert result.exit_code == 0, result.output
+    pgd = cells(out)["pgd-2"]
+    assert "resolved" in Protocol.from_json(results.read_cell(pgd)["protocol"].iloc[0]).defense.params["tecoa"]
+    checked = verify(tiny_model_plugin_file, out)
+    assert checked.exit_code == 0, checked.output
+    assert lines(checked)[pgd.name] == "ok (4/4 agree)"

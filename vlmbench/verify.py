@@ -29,6 +29,7 @@ prediction is not re-scored.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from collections.abc import Iterator
@@ -178,13 +179,16 @@ class Verifier:
         now = source_fingerprint(dataset_plugin)
         if now != data.fingerprint:
             raise CannotVerify(f"dataset {data.dataset}'s code changed since the cell was made (fingerprint {data.fingerprint} → {now})")
+        # the recorded parameters are the config fields, plus what a part adds once it ran (a fine-tuning
+        # defense's resolved settings): rebuild from the fields, compare everything after adapt_model
+        fields = {name: {f.name for f in dataclasses.fields(registry.defenses.get(name).Config)} for name in names}
         assignments = tuple(f"{part}.{key}={'none' if value is None else value}"
-                            for part, params in protocol.defense.params.items() for key, value in params.items())
+                            for part, params in protocol.defense.params.items() for key, value in params.items()
+                            if key in fields.get(part, ()))
         request = runner.RunRequest(defenses=(protocol.defense.name,), defense_params=assignments, track="oblivious",
                                     eval_draws=protocol.eval_draws, data_root=self.data_root)
         defense = runner._resolve_defense(protocol.defense.name, request)
-        rebuilt = defense.ref()
-        if json.loads(json.dumps(rebuilt.params)) != protocol.defense.params or defense.eval_draws != protocol.eval_draws:
+        if defense.eval_draws != protocol.eval_draws:
             raise CannotVerify(f"defense {protocol.defense.name}'s parameters cannot be rebuilt from the record")
 
         model_name = protocol.model.name
@@ -201,6 +205,8 @@ class Verifier:
             model = original
             for part in defense.parts:
                 model = part.adapt_model(model, context)
+            if json.loads(json.dumps(defense.ref().params)) != protocol.defense.params:
+                raise CannotVerify(f"defense {protocol.defense.name}'s parameters cannot be rebuilt from the record")
             resize = data.preset is not None and get_preset(data.preset).resolution == "224-before-attack"
             choice = runner.DataChoice(data.selection, data.preset, data.templates, resize)
             dataset = runner.prepare_dataset(dataset_plugin.load(self.data_root, data.split), choice)
