@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,16 +64,26 @@ def check_target(out: Path) -> None:
         raise VlmbenchError(f"--out {out} exists and is not a vlmbench site (no {MARKER} file); choose a new or empty folder, it would be replaced")
 
 
-def read_reproduction(path: Path) -> dict[str, Any]:
-    """The JSON report of ``python -m vlmbench.leaderboards.world reproduce``; one-line error if unusable."""
+def _read_report(path: Path, what: str, usable: Callable[[Any], bool], expected: str) -> dict[str, Any]:
+    """A JSON report ``what`` from ``path`` if ``usable(report)``; one-line error naming ``expected`` if not."""
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise VlmbenchError(f"reproduction report {path}: cannot read it ({exc})") from None
-    cells = report.get("cells") if isinstance(report, dict) else None
-    if not isinstance(cells, list) or not all(isinstance(c, dict) and {"cell_id", "status"} <= set(c) for c in cells):
-        raise VlmbenchError(f"reproduction report {path}: not a report of `vlmbench.leaderboards.world reproduce` (no cells with cell_id and status)")
+        raise VlmbenchError(f"{what} {path}: cannot read it ({exc})") from None
+    if not isinstance(report, dict) or not usable(report):
+        raise VlmbenchError(f"{what} {path}: not a report of {expected}")
     return report
+
+
+def _cells_with(report: dict[str, Any], keys: set[str]) -> bool:
+    cells = report.get("cells")
+    return isinstance(cells, list) and all(isinstance(c, dict) and keys <= set(c) for c in cells)
+
+
+def read_reproduction(path: Path) -> dict[str, Any]:
+    """The JSON report of ``python -m vlmbench.leaderboards.world reproduce``; one-line error if unusable."""
+    return _read_report(path, "reproduction report", lambda r: _cells_with(r, {"cell_id", "status"}),
+                        "`vlmbench.leaderboards.world reproduce` (no cells with cell_id and status)")
 
 
 def apply_reproduction(site: Site, report: dict[str, Any]) -> None:
@@ -97,15 +108,9 @@ def apply_reproduction(site: Site, report: dict[str, Any]) -> None:
 
 def read_verification(path: Path) -> dict[str, Any]:
     """The JSON report of ``vlmbench results verify --report``; one-line error if unusable."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise VlmbenchError(f"verification report {path}: cannot read it ({exc})") from None
-    cells = report.get("cells") if isinstance(report, dict) else None
-    if (not isinstance(report, dict) or report.get("kind") != "vlmbench results verify" or not isinstance(cells, list)
-            or not all(isinstance(c, dict) and {"cell_id", "status"} <= set(c) for c in cells)):
-        raise VlmbenchError(f"verification report {path}: not a report of `vlmbench results verify --report`")
-    return report
+    return _read_report(path, "verification report",
+                        lambda r: r.get("kind") == "vlmbench results verify" and _cells_with(r, {"cell_id", "status"}),
+                        "`vlmbench results verify --report`")
 
 
 def apply_verification(site: Site, report: dict[str, Any]) -> None:
