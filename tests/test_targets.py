@@ -212,3 +212,41 @@ def test_aa_rand_takes_the_runs_eot_draws():
     assert {a["eot_iter"] for a in own} == {20}  # AutoAttack's default without --eot
     drawn = AutoAttackRand(threat, eot_draws=7).params(10)["attacks"]
     assert {a["eot_iter"] for a in drawn} == {7}
+
+
+def test_a_hierarchy_level_is_a_superclass_map():
+    """``--superclasses HIERARCHY[:TREE]:LEVEL``: one level of a shipped hierarchy, a hierarchy file, or
+    the dataset's own files; every wrong spec is a one-line error."""
+    from vlmbench.datasets import text
+    from vlmbench.hierarchy import HierarchyError, load_hierarchy, shipped_hierarchies
+    from vlmbench.registry import plugins
+
+    combo = plugins().datasets.get("world-combo").classnames
+    colour = resolve_superclasses("world:colour:2", {}, combo, "world-combo")
+    assert colour.name == "world:colour:2" and len(colour.superclasses) == 2 and len(colour.assignment) == 36
+    assert resolve_superclasses("world:1", {}, combo, "world-combo").name == "world:shape:1"  # the first tree
+    imagenet = text.imagenet()["classnames"]
+    level2 = resolve_superclasses("wordnet:2", {}, imagenet, "imagenet")
+    assert level2.name == "wordnet:first:2" and len(level2.assignment) == 1000 and 100 < len(level2.superclasses) < 1000
+    coarser = resolve_superclasses("wordnet:5", {}, imagenet, "imagenet")
+    assert len(coarser.superclasses) < len(level2.superclasses)
+    # a file with a level, as a user supplies one
+    path = shipped_hierarchies()["world"]
+    assert resolve_superclasses(f"{path}:colour:1", {}, combo, "world-combo").record()["assignment"] == \
+        load_hierarchy(path).tree("colour").superclass_map(1, combo, "world").record()["assignment"]
+    for spec, message in (("world:3", "has levels 1..2, not 3"), ("wordnet:1", "has no hierarchy 'wordnet'"),
+                          ("world:nope:1", "nope"), ("fgvc-aircraft:1", "has no hierarchy")):
+        with pytest.raises((TargetError, HierarchyError), match=message):
+            resolve_superclasses(spec, {}, combo, "world-combo")
+    with pytest.raises(TargetError, match="give --data-root"):
+        resolve_superclasses("fgvc-aircraft:1", {}, ("a",), "fgvc-aircraft")
+
+
+def test_a_superclass_attack_at_a_hierarchy_level_through_the_command_line(tmp_path):
+    common = ["--model", "world-rn", "--dataset", "world-combo", "--samples", "12", "--eps", "2/255",
+              "--attack", "pgd-5", "--no-eps-sweep"]
+    rows, output = _run(tmp_path, *common, "--superclasses", "world:colour:2", name="level2")
+    assert set(rows["superclasses"]) == {"world:colour:2"}
+    assert set(rows["superclass_label"]) <= {0, 1} and "super %" in output
+    bad = CliRunner().invoke(app, ["run", *common, "--superclasses", "world:7", "--output", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "has levels 1..2, not 7" in bad.output and bad.output.strip().count("\n") == 0

@@ -141,7 +141,7 @@ def run(
     source_model: Annotated[str | None, typer.Option(help="Craft the attacks on this model instead (transfer track).")] = None,
     source_defense: Annotated[str | None, typer.Option(help="Defend the transfer source with this defense.")] = None,
     target: Annotated[str | None, typer.Option(help="Targeted attack: random, least-likely, a class index or name.")] = None,
-    superclasses: Annotated[str | None, typer.Option(help="Attack the superclass label space: a map the dataset offers (world-combo: shape, colour) or a JSON file.")] = None,
+    superclasses: Annotated[str | None, typer.Option(help="Attack the superclass label space: a map the dataset offers (world-combo: shape, colour), a hierarchy level HIERARCHY[:TREE]:LEVEL (wordnet:2, world:colour:1, fgvc-aircraft:2; docs/hierarchies.md) or a JSON file.")] = None,
     cascade: Annotated[bool, typer.Option(help="Run each later attack only on the images every earlier one left robust (recorded).")] = False,
     eps_sweep: Annotated[bool, typer.Option(help="Quick ε sweep per cell (2ε, 4ε on 16 images) for the eps-not-monotone flag.")] = True,
     save_adversarials: Annotated[bool, typer.Option("--save-adversarials", help="Store each attacked cell's adversarial images beside its Parquet file (CELL.adv.npz), for `results verify`.")] = False,

@@ -334,7 +334,7 @@ def _label_space(request: RunRequest, dataset: ZeroShotDataset, attacks: list[At
     superclasses = None
     if request.superclasses is not None:
         superclasses = resolve_superclasses(request.superclasses, getattr(dataset, "superclass_maps", {}),
-                                            dataset.classnames, dataset.name)
+                                            dataset.classnames, dataset.name, request.data_root)
     return target, superclasses
 
 

@@ -12,7 +12,7 @@ label space of superclasses.
 A targeted attack succeeds on an image when the defended model predicts the target; rows keep the
 target in ``target`` and robust accuracy keeps its meaning (correct both clean and attacked).
 
-**Superclass attacks** (``--superclasses NAME|FILE.json``): the classes are grouped into superclasses
+**Superclass attacks** (``--superclasses NAME|HIERARCHY:LEVEL|FILE.json``): the classes are grouped into superclasses
 (every class in exactly one). The attack is crafted against the superclass classifier whose logit for
 superclass ``s`` is ``logsumexp`` of its members' logits (the log of the summed class probabilities),
 with the true superclass as label, so any attack — AutoAttack included — applies unchanged. Rows keep
@@ -20,7 +20,9 @@ leaf predictions and add the superclass label and predictions, so both leaf and 
 reported on the same images (the hierarchical-robustness threat, docs/provenance.md#hierarchical).
 
 A mapping comes from the dataset (``ZeroShotDataset.superclass_maps``: the world's ``world-combo``
-offers ``shape`` and ``colour``) or from a JSON file::
+offers ``shape`` and ``colour``), from one level of a class hierarchy (:func:`hierarchy_level`:
+``wordnet:2`` on ImageNet, ``world:colour:2`` on world-combo, ``fgvc-aircraft:1`` from the dataset's
+own files; docs/hierarchies.md), or from a JSON file::
 
     {"name": "animals-vs-vehicles", "superclasses": {"animal": ["cat", "dog"], "vehicle": ["car", "truck"]}}
 """
@@ -146,10 +148,14 @@ class SuperclassMap:
 
 
 def resolve_superclasses(spec: str, dataset_maps: Mapping[str, Mapping[str, Sequence[str]]],
-                         classnames: Sequence[str], dataset: str) -> SuperclassMap:
-    """A mapping the dataset offers by name, or one read from a JSON file."""
+                         classnames: Sequence[str], dataset: str, data_root: Path | None = None) -> SuperclassMap:
+    """The superclass map ``spec`` names for ``dataset``: a map the dataset offers by name, a level of a
+    class hierarchy (``HIERARCHY:LEVEL`` or ``HIERARCHY:TREE:LEVEL``, :func:`hierarchy_level`), or a
+    JSON file of groups."""
     if spec in dataset_maps:
         return SuperclassMap.from_groups(spec, dataset_maps[spec], classnames)
+    if spec.rpartition(":")[2].isdigit():
+        return hierarchy_level(spec, classnames, dataset, data_root)
     path = Path(spec)
     if spec.endswith(".json") or path.exists():
         if not path.is_file():
@@ -161,9 +167,58 @@ def resolve_superclasses(spec: str, dataset_maps: Mapping[str, Mapping[str, Sequ
             raise TargetError(f"superclass file {spec} is not of the form "
                               '{"name": ..., "superclasses": {"super": ["class", ...]}}: ' + str(exc)) from None
         return SuperclassMap.from_groups(name, groups, classnames)
-    offered = ", ".join(dataset_maps) or "none"
+    offered = ", ".join([*dataset_maps, *_hierarchy_names(dataset)]) or "none"
     raise TargetError(f"dataset {dataset!r} has no superclass map {spec!r} (it offers: {offered}); "
-                      "or give a JSON file")
+                      "or give HIERARCHY:LEVEL, a hierarchy file FILE.json:LEVEL, or a JSON file of groups")
+
+
+def _hierarchy_names(dataset: str) -> list[str]:
+    from vlmbench.hierarchy import hierarchies_for
+
+    return [f"{h.name}:1..{min(t.depth for t in h.trees)}" for h in hierarchies_for(dataset)]
+
+
+def hierarchy_level(spec: str, classnames: Sequence[str], dataset: str, data_root: Path | None = None) -> SuperclassMap:
+    """The classes of ``dataset`` grouped by their ancestor at one level of a class hierarchy
+    (docs/hierarchies.md), named ``HIERARCHY:TREE:LEVEL``.
+
+    ``spec``: ``HIERARCHY:LEVEL`` or ``HIERARCHY:TREE:LEVEL`` (the first tree when none is named), where
+    HIERARCHY is a hierarchy shipped for the dataset (``wordnet`` for ImageNet, ``world`` for
+    world-combo, ...), the dataset's own name for one read from its files under ``data_root``
+    (``fgvc-aircraft``, ``cifar100``, ``oxford-pets``, ``stanford-cars``), or a hierarchy JSON file.
+
+    Raises:
+        TargetError / HierarchyError: unknown hierarchy or tree, a level beyond the tree's depth, a class
+            the hierarchy does not cover (one line).
+    """
+    from vlmbench.hierarchy import (
+        hierarchies_for,
+        hierarchy_from_data,
+        load_hierarchy,
+        parse_level_spec,
+    )
+
+    name, tree_name, level = parse_level_spec(spec)
+    shipped = {h.name: h for h in hierarchies_for(dataset)}
+    if name in shipped:
+        hierarchy = shipped[name]
+    elif name.endswith(".json") or Path(name).is_file():
+        if not Path(name).is_file():
+            raise TargetError(f"hierarchy file {name} not found")
+        hierarchy = load_hierarchy(Path(name))
+    elif name == dataset:
+        if data_root is None:
+            raise TargetError(f"the hierarchy of {dataset!r} is read from its own files: give --data-root")
+        hierarchy = hierarchy_from_data(dataset, data_root, classnames)
+    else:
+        known = ", ".join(shipped) or "none shipped"
+        raise TargetError(f"dataset {dataset!r} has no hierarchy {name!r} (for it: {known}; or a hierarchy file "
+                          f"FILE.json:LEVEL, docs/hierarchies.md)")
+    hierarchy.check_classes(classnames)
+    tree = hierarchy.tree(tree_name)
+    if level > tree.depth:
+        raise TargetError(f"hierarchy {hierarchy.name!r} tree {tree.name!r} has levels 1..{tree.depth}, not {level}")
+    return tree.superclass_map(level, classnames, hierarchy.name)
 
 
 class SuperclassLogits(torch.nn.Module):
