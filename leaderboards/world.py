@@ -29,7 +29,7 @@ from typing import Any
 
 from vlmbench.errors import VlmbenchError
 
-TRAINING_DEFENSES = ("none", "tecoa", "pmg_aft", "fare", "tga_zsr", "hpt_gpd")
+TRAINING_DEFENSES = ("none", "tecoa", "pmg_aft", "fare", "tga_zsr", "hpt_gpd", "hierarchical")
 TEST_TIME_DEFENSES = ("ttc", "scc", "clipure_cos")
 COMMON = ("--model", "world-vit", "--attack", "pgd-10,cw-10", "--samples", "30", "--selection", "balanced",
           "--seed", "0", "--threads", "1")

@@ -156,7 +156,8 @@ class Settings:
         train_eps: ε of the inner attack (ℓ∞, [0,1] pixel scale); attack: registered attack name;
         attack_steps, attack_step_size: its budget.
         logit_scale: temperature of the method's logits; ``0`` = the model's learned scale.
-        trainable: ``visual`` (image tower) or ``all``.
+        trainable: ``visual`` (image tower), ``visual+text_projection`` (the image tower and the text
+            tower's final projection, a parameter named ``text_projection``) or ``all``.
     """
 
     data: str
@@ -171,7 +172,7 @@ class Settings:
     attack_steps: int
     attack_step_size: float
     logit_scale: float
-    trainable: Literal["visual", "all"]
+    trainable: Literal["visual", "visual+text_projection", "all"]
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ class FineTuneConfig:
     attack_steps: int | None = None
     attack_step_size: float | None = None
     logit_scale: float | None = None
-    trainable: Literal["visual", "all"] | None = None
+    trainable: Literal["visual", "visual+text_projection", "all"] | None = None
     seed: int = 0
 
 
@@ -475,6 +476,13 @@ class FineTuneDefense(Defense):
         the model before any training-time defense."""
         return {}
 
+    def prepare(self, model: ClipModel, data: TrainingSet, context: DefenseContext, settings: Settings) -> dict[str, Any]:
+        """Called once per :func:`finetune`, before the cache lookup, with the model to fine-tune and the
+        training set (its class names and templates), for what the loss needs beyond a :class:`Step`
+        (prompts of its own, say). Returns what else determines the weights (a data file's content hash,
+        say): added to the cache key when not empty. Default: nothing to prepare, ``{}``."""
+        return {}
+
     def craft_on(self, step: Step) -> Callable[[torch.Tensor], torch.Tensor]:
         """The logits function the inner attack maximises its loss on (default: the student's)."""
         return step.student.logits
@@ -501,10 +509,13 @@ class FineTuneDefense(Defense):
 
 
 def training_key(defense: FineTuneDefense, model: ClipModel, refs: dict[str, ClipModel], data: TrainingSet,
-                 settings: Settings, phases: Sequence[Phase], seed: int) -> dict[str, Any]:
+                 settings: Settings, phases: Sequence[Phase], seed: int,
+                 prepared: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that determines the fine-tuned weights (hashed into the cache folder's name),
-    including the defense's source fingerprint: an edited loss never reuses the old checkpoint."""
-    return {
+    including the defense's source fingerprint: an edited loss never reuses the old checkpoint, and
+    what :meth:`FineTuneDefense.prepare` returned (under ``"prepared"``, only when not empty, so that
+    the keys of methods without it are unchanged)."""
+    key = {
         "engine": ENGINE_VERSION,
         "defense": defense.name,
         "defense_version": defense.version,
@@ -518,6 +529,9 @@ def training_key(defense: FineTuneDefense, model: ClipModel, refs: dict[str, Cli
         "seed": seed,
         "torch": torch.__version__,
     }
+    if prepared:
+        key["prepared"] = prepared
+    return key
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -532,10 +546,15 @@ def _trainable(module: torch.nn.Module, trainable: str) -> dict[str, torch.nn.Pa
     params = dict(module.named_parameters())
     if trainable == "visual":
         chosen = {k: p for k, p in params.items() if k.startswith("visual.")}
+    elif trainable == "visual+text_projection":
+        chosen = {k: p for k, p in params.items() if k.startswith("visual.") or "text_projection" in k.split(".")}
+        if not any("text_projection" in k.split(".") for k in chosen):
+            raise FineTuneError("trainable=visual+text_projection: the model has no parameter named text_projection; "
+                                "use trainable=visual or all")
     elif trainable == "all":
         chosen = params
     else:
-        raise FineTuneError(f"bad trainable {trainable!r}: use visual or all")
+        raise FineTuneError(f"bad trainable {trainable!r}: use visual, visual+text_projection or all")
     if not chosen:
         raise FineTuneError(f"model has no parameters to train for trainable={trainable!r}")
     return chosen
@@ -609,7 +628,8 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
     refs = defense.references(model, context, settings)
     data = training_set(settings.data, context.data_root, model.preprocess.size[0])
     phases = defense.phases(settings)
-    key = training_key(defense, model, refs, data, settings, phases, seed)
+    prepared = defense.prepare(model, data, context, settings)
+    key = training_key(defense, model, refs, data, settings, phases, seed, prepared)
     folder = checkpoint_dir(context.cache_dir, defense.name, key)
     defense.checkpoint = folder
     cached = load_cached(folder, model)
