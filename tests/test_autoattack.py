@@ -262,3 +262,22 @@ def test_cli_refuses_a_step_size_for_autoattack(tmp_path):
     assert "step_size" in result.output and "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0
     assert not output.exists()
+
+
+def test_a_superclass_cell_records_the_suite_that_runs_on_its_superclasses(tmp_path):
+    """AutoAttack drops sub-attacks by class count at run time (the crafted-on logits have S superclass
+    columns); the protocol must record that suite, not the one for the dataset's leaf classes."""
+    from typer.testing import CliRunner
+
+    from vlmbench.cli import app
+    from vlmbench.protocol import Protocol
+    from vlmbench.results import load_results
+
+    args = ["run", "--model", "world-rn", "--dataset", "world-combo", "--samples", "2", "--attack", "aa-1",
+            "--superclasses", "world:colour:2", "--no-eps-sweep", "--threads", "1", "--output", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    params = Protocol.from_json(load_results(tmp_path)["protocol"].iloc[0]).attack.params
+    assert params["num_classes"] == 2  # world:colour:2 has 2 superclasses, world-combo 36 classes
+    ran = [a["attack"] for a in params["attacks"]]
+    assert "apgd-t" not in ran and {d["attack"] for d in params["dropped"]} >= {"apgd-t"}, params

@@ -681,6 +681,9 @@ def _execute(
                     for part in source_wrappers:
                         source_classifier = part.wrap(source_classifier, source_context)  # type: ignore[arg-type]
                 target_mode, superclasses = plan_.label_spaces[dataset_plugin.name]
+                # the label space the attack runs in: its parameters (AutoAttack's sub-attacks and target
+                # counts) are recorded as they take effect there, on the superclasses of a superclass cell
+                attacked_classes = len(superclasses.superclasses) if superclasses is not None else dataset.num_classes
                 broken: dict[tuple[str, str], dict[int, int]] = {}  # cascade: (track, ε) → {index: adv_pred}
                 earlier: dict[tuple[str, str], list[str]] = {}  # cascade: attacks already run at (track, ε)
                 data_spec = DataSpec(
@@ -704,7 +707,7 @@ def _execute(
                         model=PluginRef(model_plugin.name, original.fingerprint),
                         defense=defense.ref(),
                         attack=PluginRef(attack.spec, attack.cls.version,
-                                         attack.build(eot).params(dataset.num_classes), source_fingerprint(attack.cls)),
+                                         attack.build(eot).params(attacked_classes), source_fingerprint(attack.cls)),
                         threat=attack.threat,
                         data=data_spec,
                         seed=request.seed,
