@@ -35,14 +35,10 @@ COMMON = ("--model", "world-vit", "--attack", "pgd-10,cw-10", "--samples", "30",
           "--seed", "0", "--threads", "1")
 # Training-time defenses at both radii. Test-time defenses at 1/255 only (the main setting of TTC and
 # SCC), on both tracks: their adaptive track (40 steps, 10 EOT draws, 10 evaluation draws) took 2-4
-# minutes per 30-image cell on a shared 2-core CPU, so 4/255 would double an entry that is already the longest job.
+# minutes per 30-image cell on a shared 2-core CPU (SCC's 15-25 minutes), so 4/255 would double an
+# entry that is already the longest job.
 TRAINING_EPS = ("--eps", "1/255,4/255")
 TEST_TIME_EPS = ("--eps", "1/255")
-# SCC's adaptive cells (TTC warm-up + correction + multi-view averaging, under 40 steps x 10 EOT
-# draws) took over 10 minutes each on a shared 2-core CPU, so the entry evaluates SCC on world-colour only: its
-# rows are marked incomplete ("missing datasets") on the boards, never ranked as complete.
-ONLY_DATASETS = {"scc": ("--dataset", "world-colour")}
-
 # Agreement of a re-run cell with the committed one: every per-sample prediction equal is
 # "reproduced"; fp32 kernels of other CPUs may flip an image that sits on a decision boundary, so up
 # to this fraction of differing predictions is "reproduced (n differ)" and more is "not reproduced".
@@ -52,8 +48,7 @@ TOLERATED_DISAGREEMENT = 0.02
 def commands() -> list[list[str]]:
     """The ``vlmbench run`` argument lists of the world entry, one per defense."""
     out = [["run", "--defense", name, *COMMON, *TRAINING_EPS] for name in TRAINING_DEFENSES]
-    out += [["run", "--defense", name, "--track", "both", *COMMON, *TEST_TIME_EPS, *ONLY_DATASETS.get(name, ())]
-            for name in TEST_TIME_DEFENSES]
+    out += [["run", "--defense", name, "--track", "both", *COMMON, *TEST_TIME_EPS] for name in TEST_TIME_DEFENSES]
     return out
 
 
