@@ -194,3 +194,19 @@ def test_the_attack_check_passes_pgd_and_fails_an_attack_that_misbehaves():
     assert rng["attack-randomness"].status == "fail" and "generator argument" in rng["attack-randomness"].fix
     over = by_id(check_attack("toy-overshoot", CheckSettings(**{**SMALL.__dict__, "only": ("attack-contract",)})))
     assert over["attack-contract"].status == "fail" and "left the linf ball" in over["attack-contract"].summary
+
+
+def test_the_full_check_of_a_random_test_time_defense_with_bpda(tmp_path):
+    """TTC, scaled down: every soundness cell runs through the adaptive track (BPDA on its counterattack,
+    EOT over its randomness), Square and noise query the defended pipeline; nothing fails."""
+    settings = CheckSettings(**{**SMALL.__dict__, "samples": 4, "steps": 5, "square_steps": 1,
+                                "binarization_samples": 2, "inner_points": 4})
+    report = check_defense("ttc", settings, workdir=tmp_path / "cells")
+    statuses = {f.id: f.status for f in report.findings}
+    assert list(statuses) == list(DEFENSE_CHECKS) and "fail" not in statuses.values(), report.findings
+    assert statuses["adaptive-vs-oblivious"] != "skip" and statuses["training-cache"] == "skip"
+    from vlmbench.results import load_results
+
+    rows = load_results(tmp_path / "cells")  # the kept cells: ordinary result files
+    adaptive = rows[rows["track"] == "adaptive"]
+    assert set(adaptive["eot_draws"]) == {2} | ({1} if (adaptive["attack"].str.startswith(("noise", "square"))).any() else set())
