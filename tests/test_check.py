@@ -105,6 +105,9 @@ def test_every_check_is_documented_with_its_source_and_fix():
 @pytest.mark.parametrize("source, name, only, expected, fix", [
     ("broken_defenses.py", "undeclared-noise", ("randomness",), {"randomness": "fail"}, "declare stochastic = True"),
     ("broken_defenses.py", "saturated-logits", ("gradients",), {"gradients": "fail"}, "bpda"),
+    ("broken_defenses.py", "nan-logits", ("output-contract",), {"output-contract": "fail"}, "finite logits"),
+    ("broken_defenses.py", "extra-columns", ("output-contract",), {"output-contract": "fail"}, "finite logits (N,C)"),
+    ("broken_defenses.py", "flat-logits", ("output-contract",), {"output-contract": "fail"}, "finite logits (N,C)"),
     ("toy_defenses.py", "toy-quantise-masked", ("bpda-declared", "gradients", "binarization"),
      {"bpda-declared": "pass", "gradients": "fail", "binarization": "fail"}, "bpda"),
     ("toy_training.py", "toy-finetune", ("training-cache",), {"training-cache": "fail"}, "cache the trained weights"),

@@ -429,15 +429,16 @@ def _output_contract(setup: _Setup, name: str) -> Finding:
     torch.manual_seed(0)
     with torch.no_grad():
         logits = setup.defended(x)
+    from vlmbench.runner import RunError, check_logits
+
+    try:  # the runner's own refusal of a bad shape or non-finite logits
+        check_logits(logits, n, classes, name)
+    except RunError as exc:
+        return Finding("output-contract", "fail", str(exc),
+                       "wrap() must return a module mapping (N,3,H,W) pixels in [0,1] to finite logits (N,C)")
     problems = []
-    if not isinstance(logits, torch.Tensor) or logits.shape != (n, classes):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        return Finding("output-contract", "fail", f"returned {shape} for {n} images of {classes} classes",
-                       "wrap() must return a module mapping (N,3,H,W) pixels in [0,1] to logits (N,C)")
     if not logits.is_floating_point():
         problems.append(f"logits of dtype {logits.dtype}")
-    elif not torch.isfinite(logits).all():
-        problems.append("non-finite logits (NaN or inf)")
     if not torch.equal(x, kept):
         problems.append("the input images were modified in place")
     if problems:
@@ -684,7 +685,9 @@ def _sweep_finding(sweep: dict[str, pd.DataFrame], labels: list[str]) -> Finding
     left = sorted(int(i) for i in largest.loc[largest["robust"], "sample_index"])
     n = len(largest)
     counts = [int(sweep[label]["robust"].sum()) for label in labels]
-    rises = [labels[i + 1] for i in range(len(counts) - 1) if counts[i + 1] > counts[i] + 1]
+    from vlmbench.runner import SWEEP_TOLERANCE
+
+    rises = [labels[i + 1] for i in range(len(counts) - 1) if counts[i + 1] > counts[i] + SWEEP_TOLERANCE]
     details = {"eps": labels, "robust": robust, "robust_at_largest": left}
     summary = "robust " + ", ".join(f"{r}% at {e}" for r, e in zip(robust, labels))
     if len(left) > max(1, round(SWEEP_ZERO * n)):

@@ -50,7 +50,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +66,7 @@ from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
 from vlmbench.fingerprint import source_fingerprint
 from vlmbench.models import ClipModel, freeze, parameter_fingerprint
+from vlmbench.paths import write_atomically
 from vlmbench.protocol import ThreatModel
 
 if TYPE_CHECKING:
@@ -582,13 +582,6 @@ def _inner_attack(settings: Settings) -> Any:
     return cls(threat)
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _adapted(model: ClipModel, state: dict[str, torch.Tensor]) -> ClipModel:
     module = copy.deepcopy(model.module)
     missing = set(state) - set(module.state_dict())
@@ -663,7 +656,7 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
             optimizer.load_state_dict(saved["optimizer"])
             rows, start_step = saved["rows"], saved["step"]
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic(folder / "key.json", lambda p: p.write_text(json.dumps(key, indent=2, default=str) + "\n"))
+    write_atomically(folder / "key.json", lambda p: p.write_text(json.dumps(key, indent=2, default=str) + "\n"))
 
     report = _REPORTER.get()
     run_key = f"{defense.name}:{folder.name}"
@@ -700,7 +693,7 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
         if done % defense.checkpoint_every == 0 and done < len(plan):
             state = {k: p.detach().cpu() for k, p in trained.items()}
             snapshot = {"key": key, "step": done, "trained": state, "optimizer": optimizer.state_dict(), "rows": rows}
-            _atomic(resume_path, lambda p: torch.save(snapshot, p))
+            write_atomically(resume_path, lambda p: torch.save(snapshot, p))
         if report is not None:
             report(run_key, f"training {defense.name} · {phase.name} · loss {loss.item():.4f}", done, len(plan))
     else:
@@ -731,14 +724,14 @@ def _finish(folder: Path, key: dict[str, Any], trained: dict[str, torch.nn.Param
     import pyarrow.parquet as pq
 
     curve = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
-    _atomic(folder / CURVE_FILE, lambda p: pq.write_table(curve, p))
-    _atomic(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+    write_atomically(folder / CURVE_FILE, lambda p: pq.write_table(curve, p))
+    write_atomically(folder / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
     window = max(1, min(20, len(rows) // 4))
     losses = [r["loss"] for r in rows]
     record = {"key": key, "steps": len(rows), "initial_loss": float(np.mean(losses[:window])),
               "final_loss": float(np.mean(losses[-window:])), "loss_window": window,
               "wall_time_s_last_session": round(wall, 1), "torch_threads": torch.get_num_threads()}
-    _atomic(folder / RECORD_FILE, lambda p: p.write_text(json.dumps(record, indent=2, default=str) + "\n"))
+    write_atomically(folder / RECORD_FILE, lambda p: p.write_text(json.dumps(record, indent=2, default=str) + "\n"))
     (folder / RESUME_FILE).unlink(missing_ok=True)
     adapted = _adapted(model, {k: v.to(next(model.module.parameters()).device) for k, v in state.items()})
     return adapted

@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vlmbench import __version__
-from vlmbench.paths import cache_dir
+from vlmbench.paths import cache_dir, write_atomically
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "datasets": ("status",),
@@ -125,10 +124,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(path: Path, entries: dict[str, Any]) -> None:
     """Write the cache atomically; a cache that cannot be written only costs speed, so errors pass."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = json.dumps({"format": _CACHE_FORMAT, "rows": entries}, sort_keys=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"format": _CACHE_FORMAT, "rows": entries}, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: tmp.write_text(text))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass

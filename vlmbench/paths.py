@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,21 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_json(record: dict[str, Any], path: Path) -> None:
-    """Write ``record`` as JSON to ``path`` atomically (a reader sees the old file or the whole new one);
-    non-finite floats are written as null."""
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Create ``path`` through ``write(tmp)`` on a temporary sibling renamed over it, so that a reader sees
+    the old file or the whole new one; the temporary file never outlives a failed write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(_json_safe(record), indent=1, allow_nan=False, default=float) + "\n")
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(record: dict[str, Any], path: Path) -> None:
+    """Write ``record`` as JSON to ``path`` atomically (:func:`write_atomically`); non-finite floats are
+    written as null."""
+    text = json.dumps(_json_safe(record), indent=1, allow_nan=False, default=float) + "\n"
+    write_atomically(path, lambda tmp: tmp.write_text(text))
