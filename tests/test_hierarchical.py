@@ -436,3 +436,45 @@ def test_vlmbench_check_training_cache_and_gradients_pass():
     statuses = {f.id: f.status for f in report.findings}
     assert set(statuses) == {"training-cache", "gradients"}
     assert "fail" not in statuses.values(), [f.summary for f in report.findings]
+
+
+def test_paper_preset_fine_tunes_on_an_imagenet_folder_with_the_wordnet_forest(tmp_path):
+    """The paper's setting in miniature: ImageNet-1k's 1000 synset folders (one 8-pixel image each, with
+    ImageNet's own LOC_synset_mapping.txt names), the WordNet hierarchy's two trees of depth 5, a tiny
+    open_clip model with the real BPE tokenizer. The training classes take vlmbench's ImageNet names (the
+    names the hierarchy and the evaluation use), so every class is found in both trees."""
+    import open_clip
+    from PIL import Image
+
+    from vlmbench.datasets import text
+    from vlmbench.finetune import training_set
+    from vlmbench.resolve import resolve_model
+
+    meta = text.imagenet()
+    train = tmp_path / "imagenet" / "train"
+    for wnid in meta["wnids"]:
+        (train / wnid).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (len(wnid) * 9 % 255, 40, 90)).save(train / wnid / f"{wnid}_1.JPEG")
+    # ImageNet's own first names differ from CLIP's for about a third of the classes ('tench' vs 'tench, Tinca tinca').
+    (tmp_path / "imagenet" / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{wnid} imagenet-name-{k}, other\n" for k, wnid in enumerate(meta["wnids"])))
+    data = training_set("imagenet", tmp_path, 16)
+    assert data.classnames == tuple(meta["classnames"]) and len(data) == 1000
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8, "head_width": 8},
+              "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "vlmbench-test-paper.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "configs")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("vlmbench-test-paper").state_dict(), tmp_path / "tiny.pt")
+    model = resolve_model(f"vlmbench-test-paper:{tmp_path / 'tiny.pt'}").load()
+
+    method = make(preset="paper", trees=2, steps=1, batch_size=4, warmup=0)
+    adapted = method.adapt_model(model, DefenseContext(tmp_path / "cache", torch.device("cpu"), 0, tmp_path, model))
+    key = json.loads((method.checkpoint / "key.json").read_text())
+    assert key["prepared"]["hierarchy"] == "wordnet" and key["prepared"]["trees"] == ["first", "second"]
+    assert key["prepared"]["depth"] == [5, 5] and key["data"].startswith("imagenet:") and "names=" in key["data"]
+    assert key["settings"]["train_eps"] == pytest.approx(1 / 255) and key["settings"]["attack_steps"] == 3
+    assert adapted.fingerprint != model.fingerprint
+    assert len(read_loss_curve(method.checkpoint)) == 1

@@ -279,8 +279,16 @@ class WorldTrainingSet(TrainingSet):
 
 class ImageFolderTrainingSet(TrainingSet):
     """A ``train/<class>/<image>`` folder (ImageNet, TinyImageNet), resized to ``size`` (short side,
-    centre crop). Class names come from ``words.txt`` (TinyImageNet) or ``LOC_synset_mapping.txt``
-    (ImageNet) next to ``train/`` when present (first name of each synset), else the folder names."""
+    centre crop).
+
+    Class names are those the same classes carry at evaluation, so that training prompts, evaluation
+    prompts and the shipped class hierarchies (``vlmbench/hierarchies/wordnet.json``) name a class
+    alike: for ``imagenet`` the ImageNet-1k synset folders (``n01440764``, ...) get vlmbench's ImageNet
+    class names (CLIP's, as the ``imagenet`` dataset uses them); other folders, and every TinyImageNet
+    folder, the first name of their synset in ``words.txt`` / ``LOC_synset_mapping.txt`` next to
+    ``train/`` when present (TinyImageNet's own names, as the ``tinyimagenet`` dataset uses them), else
+    the folder name. The names are part of :attr:`fingerprint`: renamed classes never reuse a checkpoint.
+    """
 
     EXTENSIONS = (".jpeg", ".jpg", ".png")
 
@@ -289,6 +297,11 @@ class ImageFolderTrainingSet(TrainingSet):
         train = root / "train"
         classes = sorted(p.name for p in train.iterdir() if p.is_dir())
         names = _synset_names(root)
+        if name == "imagenet":
+            from vlmbench.datasets import text
+
+            meta = text.imagenet()
+            names |= dict(zip(meta["wnids"], meta["classnames"]))
         self.classnames = tuple(names.get(c, c) for c in classes)
         self.templates = ("This is a photo of a {}",)  # TeCoA / PMG-AFT / TGA-ZSR / HPT-GPD prompt
         self.files = [
@@ -296,7 +309,8 @@ class ImageFolderTrainingSet(TrainingSet):
             for f in sorted((train / c).rglob("*")) if f.suffix.lower() in self.EXTENSIONS
         ]
         self.size = size
-        self.fingerprint = f"{name}:{root.resolve()}:{len(classes)}:{len(self.files)}:{size}"
+        named = hashlib.sha256("\n".join(self.classnames).encode()).hexdigest()[:12]
+        self.fingerprint = f"{name}:{root.resolve()}:{len(classes)}:{len(self.files)}:{size}:names={named}"
 
     def __len__(self) -> int:
         return len(self.files)
