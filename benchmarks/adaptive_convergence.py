@@ -52,7 +52,7 @@ from vlmbench.classifier import ZeroShotClassifier
 from vlmbench.paths import cache_dir
 from vlmbench.defense import DefenseContext
 from vlmbench.protocol import default_step_size, parse_eps
-from vlmbench.runner import AttackChoice, RunRequest, plan
+from vlmbench.plan import AttackChoice, RunRequest, plan
 
 DEFAULT_GRID = "10x10,20x10,40x10,80x10,10x20,20x20,40x20,10x40,20x40"
 

@@ -202,7 +202,7 @@ def fabricate(seed: list[SeedCell], n_cells: int, root: Path, entries: int = 5, 
         rows = pd.concat([c.rows for c in seed if c.protocol.data.dataset == name])
         classes[name] = max(2, int(rows[["label", "clean_pred", "adv_pred"]].to_numpy().max()) + 1)
 
-    from vlmbench.runner import cell_filename
+    from vlmbench.cell import cell_filename
 
     files, ids, total, models_used, defenses_used = [], [], 0, set(), set()
     for i in range(n_cells):

@@ -161,7 +161,7 @@ def reproduce(entry: Path, cells: int = 3, seed: int = 0, defenses: Sequence[str
                                  "robust_new": float(pd.Series(new["robust_rate"]).mean() * 100)})
     finally:
         shutil.rmtree(own, ignore_errors=True)
-    from vlmbench.runner import package_versions
+    from vlmbench.execute import package_versions
 
     return {"entry": entry.name, "seed": seed, "cells": report_cells, "versions": package_versions(),
             "reproduced": all(c["status"] == "reproduced" for c in report_cells)}

@@ -82,11 +82,11 @@ def test_the_adaptive_track_runs_at_least_its_minimum_budget_and_says_so(tmp_pat
     assert (rows.loc[(rows["track"] == "adaptive") & (rows["attack"] == "pgd-2"), "backward_passes"] == 12).all()
     assert "pgd-2 (6 steps)" in results.summarize(rows)["attack"].tolist()
     assert set(rows.loc[rows["attack"] == "none", "steps"]) == {0}
-    from vlmbench.runner import DEFAULT_ADAPTIVE_STEPS, RunRequest, plan
+    from vlmbench.plan import DEFAULT_ADAPTIVE_STEPS, RunRequest, plan
 
     request = RunRequest(defenses=("ttc",), attacks=("pgd-10",), datasets=("world-size",), output=tmp_path / "p")
     (attack,) = plan(request).attacks
-    from vlmbench.runner import adaptive_budget
+    from vlmbench.plan import adaptive_budget
 
     assert adaptive_budget(attack, request).threat.steps == DEFAULT_ADAPTIVE_STEPS > 10
 

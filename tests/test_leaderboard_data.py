@@ -313,7 +313,7 @@ def test_collect_and_site_model_import_no_plugin_and_no_torch(made):
         f"site = site_model(collect([Path({str(made / 'alpha')!r})]))\n"
         "assert site.boards\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'vlmbench.registry', "
-        "'vlmbench.defenses', 'vlmbench.attacks', 'vlmbench.runner', 'vlmbench.world')))\n"
+        "'vlmbench.defenses', 'vlmbench.attacks', 'vlmbench.runner', 'vlmbench.plan', 'vlmbench.execute', 'vlmbench.cell', 'vlmbench.batch', 'vlmbench.world')))\n"
         "print(bad)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

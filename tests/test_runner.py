@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from vlmbench import results, runner
+from vlmbench import cell as cell_module
+from vlmbench import results
+from vlmbench.plan import select_indices
 from vlmbench.cli import app
 from vlmbench.protocol import Protocol
 
@@ -69,7 +71,7 @@ def test_same_seed_same_rows_other_seed_other_random_start(tiny_model_plugin_fil
 def test_interrupted_run_resumes_without_losing_or_duplicating_rows(tiny_model_plugin_file, tmp_path, monkeypatch):
     assert run_tiny(tiny_model_plugin_file, tmp_path / "reference").exit_code == 0
     calls = {"n": 0}
-    real = runner._run_batch
+    real = cell_module.run_batch
 
     def crash_on_fifth_batch(*args, **kwargs):
         calls["n"] += 1
@@ -77,12 +79,12 @@ def test_interrupted_run_resumes_without_losing_or_duplicating_rows(tiny_model_p
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "_run_batch", crash_on_fifth_batch)
+    monkeypatch.setattr(cell_module, "run_batch", crash_on_fifth_batch)
     interrupted = run_tiny(tiny_model_plugin_file, tmp_path / "out")
     assert interrupted.exit_code != 0
     assert len(cell_files(tmp_path / "out")) == 1  # the first cell (3 batches) finished
     assert len(list((tmp_path / "out" / results.PARTIAL_DIR).rglob("*.parquet"))) == 1  # one batch of cell 2
-    monkeypatch.setattr(runner, "_run_batch", real)
+    monkeypatch.setattr(cell_module, "run_batch", real)
     resumed = run_tiny(tiny_model_plugin_file, tmp_path / "out")
     assert resumed.exit_code == 0, resumed.output
     assert "1 already complete, 1 resumed" in resumed.output
@@ -186,17 +188,17 @@ def test_schema_command_lists_every_column():
 
 
 def test_sample_selection_is_seeded_and_recorded(tiny_model_plugin_file, tmp_path):
-    assert runner.select_indices(10, None, "first", 0) == list(range(10))
-    assert runner.select_indices(10, 3, "first", 0) == [0, 1, 2]
-    picked = runner.select_indices(1000, 20, "random", 7)
-    assert picked == sorted(picked) and len(set(picked)) == 20 and picked == runner.select_indices(1000, 20, "random", 7)
-    assert picked != runner.select_indices(1000, 20, "random", 8)
+    assert select_indices(10, None, "first", 0) == list(range(10))
+    assert select_indices(10, 3, "first", 0) == [0, 1, 2]
+    picked = select_indices(1000, 20, "random", 7)
+    assert picked == sorted(picked) and len(set(picked)) == 20 and picked == select_indices(1000, 20, "random", 7)
+    assert picked != select_indices(1000, 20, "random", 8)
     result = run_tiny(tiny_model_plugin_file, tmp_path / "out", "--selection", "random")
     assert result.exit_code == 0, result.output
     rows = results.load_results(tmp_path / "out").query("dataset == 'world-size'")
     protocol = Protocol.from_json(rows["protocol"].iloc[0])
     assert protocol.data.selection == "random"
-    assert rows["sample_index"].tolist() == runner.select_indices(500, 10, "random", 0)
+    assert rows["sample_index"].tolist() == select_indices(500, 10, "random", 0)
     from vlmbench.protocol import indices_sha256
 
     assert protocol.data.indices_sha256 == indices_sha256(rows["sample_index"].tolist())

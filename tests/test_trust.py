@@ -15,6 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vlmbench import results, runner
+from vlmbench.batch import predict
+from vlmbench.cell import cell_lock
 from vlmbench.cli import app
 from vlmbench.protocol import Protocol
 
@@ -180,9 +182,9 @@ def test_vote_breaks_ties_by_mean_probability_and_is_deterministic_for_one_draw(
         classifier = type("C", (), {"num_classes": 3})()
         protocol = type("P", (), {"eval_draws": 3, "defense": type("D", (), {"name": "scripted"})()})()
 
-    assert runner.predict(Cell(), torch.zeros(1, 3, 2, 2), 0).tolist() == [1]  # votes: class 1 twice, class 0 once
+    assert predict(Cell(), torch.zeros(1, 3, 2, 2), 0).tolist() == [1]  # votes: class 1 twice, class 0 once
     Cell.protocol.eval_draws = 1
-    assert runner.predict(Cell(), torch.zeros(1, 3, 2, 2), 0).tolist() == [0]
+    assert predict(Cell(), torch.zeros(1, 3, 2, 2), 0).tolist() == [0]
 
 
 def test_resolution_says_what_happened(tiny_model_plugin_file, tmp_path):
@@ -297,10 +299,10 @@ def test_cell_lock_makes_a_second_process_wait(tmp_path):
     output.mkdir()
     waited: list[str] = []
     order: list[str] = []
-    with runner.cell_lock(output, "abc"):
+    with cell_lock(output, "abc"):
         # flock is per open file description: a second open in this process blocks like another process
         def second() -> None:
-            with runner.cell_lock(output, "abc", waited.append):
+            with cell_lock(output, "abc", waited.append):
                 order.append("second")
 
         thread = threading.Thread(target=second)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vlmbench import results, runner
+from vlmbench import cell as cell_module
+from vlmbench import results
+from vlmbench.cell import adversarial_filename, adversarial_path, write_adversarials
 from vlmbench.cli import app
 from vlmbench.protocol import Protocol
 
@@ -63,13 +65,13 @@ def saved(tiny_model_plugin_file, tmp_path) -> Path:
 def test_saved_adversarials_have_the_cell_identity_and_shapes(saved, tiny_model_plugin_file, tmp_path):
     by_attack = cells(saved)
     assert set(by_attack) == {"none", "pgd-2"}
-    assert sorted(p.name for p in saved.glob("*.adv.npz")) == [runner.adversarial_path(by_attack["pgd-2"]).name]
-    assert not runner.adversarial_path(by_attack["none"]).exists()  # no attack: nothing stored
+    assert sorted(p.name for p in saved.glob("*.adv.npz")) == [adversarial_path(by_attack["pgd-2"]).name]
+    assert not adversarial_path(by_attack["none"]).exists()  # no attack: nothing stored
     cell = by_attack["pgd-2"]
     rows = results.read_cell(cell)
     protocol = Protocol.from_json(rows["protocol"].iloc[0])
-    images = runner.adversarial_path(cell)
-    assert images.name == runner.adversarial_filename(protocol) and images.name.endswith(f"{protocol.cell_hash()}.adv.npz")
+    images = adversarial_path(cell)
+    assert images.name == adversarial_filename(protocol) and images.name.endswith(f"{protocol.cell_hash()}.adv.npz")
     with np.load(images, allow_pickle=False) as archive:
         assert sorted(archive.files) == ["cell_id", "encoding", "images", "protocol", "sample_index"]
         assert str(archive["cell_id"]) == protocol.cell_hash() and str(archive["protocol"]) == protocol.to_json()
@@ -100,7 +102,7 @@ def test_verify_reports_ok_and_no_file(saved, tiny_model_plugin_file):
     verdicts = lines(result)
     assert verdicts[by_attack["pgd-2"].name] == "ok (4/4 agree)"
     assert verdicts[by_attack["none"].name] == "no adversarial file (no attack)"
-    runner.adversarial_path(by_attack["pgd-2"]).unlink()
+    adversarial_path(by_attack["pgd-2"]).unlink()
     missing = verify(tiny_model_plugin_file, saved)
     assert missing.exit_code == 0 and lines(missing)[by_attack["pgd-2"].name].startswith("no adversarial file")
     required = verify(tiny_model_plugin_file, saved, extra=("--require-adversarials",))
@@ -109,7 +111,7 @@ def test_verify_reports_ok_and_no_file(saved, tiny_model_plugin_file):
 
 def test_tampered_adversarials_are_caught(saved, tiny_model_plugin_file):
     cell = cells(saved)["pgd-2"]
-    path = runner.adversarial_path(cell)
+    path = adversarial_path(cell)
     rows = results.read_cell(cell)
     with np.load(path) as archive:
         original = archive["images"].copy()
@@ -153,7 +155,7 @@ def _clean_images(cell: Path) -> np.ndarray:
 
 def test_a_file_renamed_onto_another_cell_is_caught(saved, tiny_model_plugin_file):
     by_attack = cells(saved)
-    runner.adversarial_path(by_attack["pgd-2"]).rename(runner.adversarial_path(by_attack["none"]))
+    adversarial_path(by_attack["pgd-2"]).rename(adversarial_path(by_attack["none"]))
     result = verify(tiny_model_plugin_file, saved)
     assert result.exit_code == 1
     verdict = lines(result)[by_attack["none"].name]
@@ -163,7 +165,7 @@ def test_a_file_renamed_onto_another_cell_is_caught(saved, tiny_model_plugin_fil
 
 def test_interrupted_and_resumed_run_gives_a_byte_identical_file(saved, tiny_model_plugin_file, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = runner._run_batch
+    real = cell_module.run_batch
 
     def crash_on_fourth_batch(*args, **kwargs):  # the none cell has batches 1-2, pgd-2 has 3-4
         calls["n"] += 1
@@ -171,12 +173,12 @@ def test_interrupted_and_resumed_run_gives_a_byte_identical_file(saved, tiny_mod
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "_run_batch", crash_on_fourth_batch)
+    monkeypatch.setattr(cell_module, "run_batch", crash_on_fourth_batch)
     interrupted = run(tiny_model_plugin_file, tmp_path / "again", "--save-adversarials")
     assert interrupted.exit_code != 0
     assert not list((tmp_path / "again").glob("*.adv.npz"))  # the pgd cell is unfinished: no file yet
     assert len(list((tmp_path / "again" / results.PARTIAL_DIR).rglob("*.adv.npy"))) == 1
-    monkeypatch.setattr(runner, "_run_batch", real)
+    monkeypatch.setattr(cell_module, "run_batch", real)
     resumed = run(tiny_model_plugin_file, tmp_path / "again", "--save-adversarials")
     assert resumed.exit_code == 0 and "1 already complete, 1 resumed" in resumed.output, resumed.output
     (got,) = (tmp_path / "again").glob("*.adv.npz")
@@ -218,14 +220,14 @@ def test_images_exactly_on_the_255_grid_are_stored_as_uint8_and_decoded_bit_exac
     np.save(parts[0], grid[:3])
     np.save(parts[1], grid[3:])
     record = SimpleNamespace(cell_hash=lambda: "0123456789abcdef", to_json=lambda: "{}")
-    runner.write_adversarials(parts, [0, 2, 4, 6, 8], record, tmp_path / "x.adv.npz")
+    write_adversarials(parts, [0, 2, 4, 6, 8], record, tmp_path / "x.adv.npz")
     with np.load(tmp_path / "x.adv.npz") as archive:
         assert archive["images"].dtype == np.uint8 and str(archive["encoding"]) == "uint8/255"
     loaded = load_adversarials(tmp_path / "x.adv.npz")
     assert loaded["images"].dtype == np.float32 and np.array_equal(loaded["images"].view(np.uint32), grid.view(np.uint32))
     assert loaded["sample_index"].tolist() == [0, 2, 4, 6, 8] and loaded["cell_id"] == "0123456789abcdef"
     np.save(parts[1], np.nextafter(grid[3:], np.float32(1)))  # one ulp off the grid: kept as float32
-    runner.write_adversarials(parts, [0, 2, 4, 6, 8], record, tmp_path / "y.adv.npz")
+    write_adversarials(parts, [0, 2, 4, 6, 8], record, tmp_path / "y.adv.npz")
     assert load_adversarials(tmp_path / "y.adv.npz")["images"].dtype == np.float32
     with np.load(tmp_path / "y.adv.npz") as archive:
         assert str(archive["encoding"]) == "float32" and archive["images"].dtype == np.float32
@@ -260,7 +262,7 @@ def test_a_verification_report_marks_leaderboard_rows_and_a_tampered_file_unmark
     verified, pages = marked()
     assert verified and all(verified) and ">verified</span>" in pages
 
-    path = runner.adversarial_path(by_attack["pgd-2"])
+    path = adversarial_path(by_attack["pgd-2"])
     with np.load(path) as archive:
         moved = archive["images"].copy()
     moved[1] = np.where(moved[1] > 0.5, moved[1] - 0.05, moved[1] + 0.05)  # out of the ε-ball

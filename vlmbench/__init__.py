@@ -1,7 +1,7 @@
 """vlmbench: adversarial-robustness benchmark for zero-shot vision-language models.
 
 Core modules: :mod:`vlmbench.classifier` (pixels → logits), :mod:`vlmbench.registry` (plugins),
-:mod:`vlmbench.protocol` (what a number means), :mod:`vlmbench.runner` (cells → Parquet),
+:mod:`vlmbench.protocol` (what a number means), :mod:`vlmbench.runner` (plan → cells → Parquet),
 :mod:`vlmbench.results` (schema, summaries). Built-in plugins live in :mod:`vlmbench.attacks`,
 :mod:`vlmbench.defenses` and :mod:`vlmbench.world`.
 """

@@ -383,7 +383,8 @@ def _setup(cells: _Cells) -> _Setup:
     """The defended pipeline on the check's images, built as the runner builds a cell's."""
     from vlmbench.defense import DefenseContext
     from vlmbench.paths import cache_dir
-    from vlmbench.runner import defended_pipeline, plan
+    from vlmbench.execute import defended_pipeline
+    from vlmbench.plan import plan
 
     p = plan(cells.request("none", [cells.settings.eps]))
     defense, (_, dataset, indices) = p.defenses[0], p.datasets[0]
@@ -429,7 +430,8 @@ def _output_contract(setup: _Setup, name: str) -> Finding:
     torch.manual_seed(0)
     with torch.no_grad():
         logits = setup.defended(x)
-    from vlmbench.runner import RunError, check_logits
+    from vlmbench.batch import check_logits
+    from vlmbench.plan import RunError
 
     try:  # the runner's own refusal of a bad shape or non-finite logits
         check_logits(logits, n, classes, name)
@@ -594,7 +596,6 @@ def _varied(config: Any) -> tuple[str, Any] | None:
 
 def _training_cache(classes: Sequence[type], setup: _Setup, progress: Callable[[str], None]) -> Finding:
     """Each training-time part, with its smoke config, in a private cache: trains once, reuses, re-keys."""
-    from vlmbench.defense import DefenseContext
     from vlmbench.models import parameter_fingerprint
 
     trained = [c for c in classes if c.is_training_time()]
@@ -685,7 +686,7 @@ def _sweep_finding(sweep: dict[str, pd.DataFrame], labels: list[str]) -> Finding
     left = sorted(int(i) for i in largest.loc[largest["robust"], "sample_index"])
     n = len(largest)
     counts = [int(sweep[label]["robust"].sum()) for label in labels]
-    from vlmbench.runner import SWEEP_TOLERANCE
+    from vlmbench.cell import SWEEP_TOLERANCE
 
     rises = [labels[i + 1] for i in range(len(counts) - 1) if counts[i + 1] > counts[i] + SWEEP_TOLERANCE]
     details = {"eps": labels, "robust": robust, "robust_at_largest": left}

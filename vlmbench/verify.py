@@ -1,18 +1,18 @@
 """``vlmbench results verify``: re-check the adversarial images a run stored (``run --save-adversarials``).
 
-For each cell file with an adversarial file beside it (:func:`vlmbench.runner.adversarial_path`):
+For each cell file with an adversarial file beside it (:func:`vlmbench.cell.adversarial_path`):
 
 1. the file is the cell's: its ``cell_id`` and ``protocol`` equal the cell file's (a file renamed onto
    another cell is caught), its ``sample_index`` equals the rows' (same order), its images have the
    shape of the clean images;
 2. the model and defense are rebuilt through the registry from the protocol record, with the runner's
-   own functions (:func:`vlmbench.runner._resolve_defense`, :func:`~vlmbench.runner.defended_pipeline`,
-   :func:`~vlmbench.runner.prepare_dataset`). Verification is refused with one line (``cannot verify: …``)
+   own functions (:func:`vlmbench.plan.resolve_defense`, :func:`~vlmbench.execute.defended_pipeline`,
+   :func:`~vlmbench.plan.prepare_dataset`). Verification is refused with one line (``cannot verify: …``)
    when the loaded weights, or a defense or dataset plugin's source, do not have the recorded fingerprint;
 3. the clean images are recomputed from the dataset by sample index; every adversarial image must lie in
    [0,1] and in the recorded ε-ball of its clean image (the tolerances of the runner's own check);
 4. clean and adversarial images are re-scored by the defended model exactly as the runner scored them
-   (:func:`vlmbench.runner.predict_draws`: the cell's batches, the same per-batch seeds, the majority
+   (:func:`vlmbench.batch.predict_draws`: the cell's batches, the same per-batch seeds, the majority
    vote over ``eval_draws`` forward draws) and compared with the recorded ``clean_pred``/``adv_pred``.
 
 Tolerance. A deterministic pipeline must reproduce every prediction. A random defense (``eval_draws``
@@ -41,7 +41,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vlmbench import results, runner
+from vlmbench import results
+from vlmbench.batch import Cell, load_batch, predict_draws
+from vlmbench.cell import adversarial_path, batch_seed, clean_identity
+from vlmbench.execute import defended_pipeline
+from vlmbench.plan import DataChoice, RunRequest, prepare_dataset, resolve_defense, resolve_device
 from vlmbench.attack import perturbation_norms
 from vlmbench.errors import VlmbenchError
 from vlmbench.protocol import Protocol
@@ -77,7 +81,7 @@ REPORT_KIND = "vlmbench results verify"
 def verify_paths(paths: list[Path], data_root: Path | None = None, device: str = "auto",
                  require_adversarials: bool = False) -> Iterator[tuple[Path, Outcome]]:
     """``(cell file, outcome)`` for every cell file under ``paths``."""
-    verifier = Verifier(data_root, runner._device(device))
+    verifier = Verifier(data_root, resolve_device(device))
     for path in paths:
         for file in results.result_files(path):
             yield file, verifier.verify(file, require_adversarials)
@@ -134,7 +138,7 @@ class Verifier:
         except results.ResultsError as exc:
             return Outcome(f"FAIL: {exc}", True)
         protocol = Protocol.from_json(rows["protocol"].iloc[0])
-        images_file = runner.adversarial_path(file)
+        images_file = adversarial_path(file)
         if not images_file.exists():
             if protocol.attack.name == "none":
                 return Outcome("no adversarial file (no attack)", False)
@@ -159,7 +163,7 @@ class Verifier:
     # -- rebuilding ------------------------------------------------------------------------------
 
     def _cell(self, protocol: Protocol, rows: pd.DataFrame) -> Any:
-        """A :class:`vlmbench.runner._Cell` able to load the cell's clean images and score like the runner."""
+        """A :class:`vlmbench.batch.Cell` able to load the cell's clean images and score like the runner."""
         from vlmbench.defense import DefenseContext
         from vlmbench.fingerprint import source_fingerprint
         from vlmbench.paths import cache_dir
@@ -185,9 +189,9 @@ class Verifier:
         assignments = tuple(f"{part}.{key}={'none' if value is None else value}"
                             for part, params in protocol.defense.params.items() for key, value in params.items()
                             if key in fields.get(part, ()))
-        request = runner.RunRequest(defenses=(protocol.defense.name,), defense_params=assignments, track="oblivious",
+        request = RunRequest(defenses=(protocol.defense.name,), defense_params=assignments, track="oblivious",
                                     eval_draws=protocol.eval_draws, data_root=self.data_root)
-        defense = runner._resolve_defense(protocol.defense.name, request)
+        defense = resolve_defense(protocol.defense.name, request)
         if defense.eval_draws != protocol.eval_draws:
             raise CannotVerify(f"defense {protocol.defense.name}'s parameters cannot be rebuilt from the record")
 
@@ -208,9 +212,9 @@ class Verifier:
             if json.loads(json.dumps(defense.ref().params)) != protocol.defense.params:
                 raise CannotVerify(f"defense {protocol.defense.name}'s parameters cannot be rebuilt from the record")
             resize = data.preset is not None and get_preset(data.preset).resolution == "224-before-attack"
-            choice = runner.DataChoice(data.selection, data.preset, data.templates, resize)
-            dataset = runner.prepare_dataset(dataset_plugin.load(self.data_root, data.split), choice)
-            classifier, defended = runner.defended_pipeline(model, defense.parts, dataset, context, self.device)
+            choice = DataChoice(data.selection, data.preset, data.templates, resize)
+            dataset = prepare_dataset(dataset_plugin.load(self.data_root, data.split), choice)
+            classifier, defended = defended_pipeline(model, defense.parts, dataset, context, self.device)
             self._pipelines[key] = (model, classifier, defended, dataset, defense.parts)
         model, classifier, defended, dataset, parts = self._pipelines[key]
         evaluated = rows["model_fingerprint"].iloc[0]
@@ -218,7 +222,7 @@ class Verifier:
             raise CannotVerify(f"the weights after defense {protocol.defense.name}'s training differ from the evaluated ones "
                                f"(fingerprint {evaluated} → {model.fingerprint})")
         indices = rows["sample_index"].tolist()
-        return runner._Cell(protocol, model, None, classifier, defended, dataset, indices, self.device,  # type: ignore[arg-type]
+        return Cell(protocol, model, None, classifier, defended, dataset, indices, self.device,  # type: ignore[arg-type]
                             parts=parts, original=original)
 
 
@@ -241,7 +245,7 @@ def _check(cell: Any, rows: pd.DataFrame, images: np.ndarray) -> Outcome:
     protocol = cell.protocol
     threat = protocol.threat
     cell_id = protocol.cell_hash()
-    clean_id = runner._clean_identity(protocol)
+    clean_id = clean_identity(protocol)
     indices = cell.indices
     kept = ((rows["cascade_after"] != "") & ~rows["attacked"]).to_numpy()  # a cascade's earlier outcome
     outside_box: list[tuple[int, float, float]] = []
@@ -250,7 +254,7 @@ def _check(cell: Any, rows: pd.DataFrame, images: np.ndarray) -> Outcome:
     clean_pred, adv_pred, adv_split, clean_split = [], [], [], []
     for start in range(0, len(indices), protocol.batch_size):
         batch = indices[start : start + protocol.batch_size]
-        x, y = runner._load_batch(cell, batch)
+        x, y = load_batch(cell, batch)
         x_adv = torch.from_numpy(images[start : start + len(batch)]).to(device=cell.device)
         if x_adv.shape != x.shape:
             return Outcome(f"FAIL: adversarial images have shape {tuple(x_adv.shape[1:])}, the clean images "
@@ -265,10 +269,10 @@ def _check(cell: Any, rows: pd.DataFrame, images: np.ndarray) -> Outcome:
         limit = threat.eps + results.LINF_TOLERANCE if threat.norm == "linf" else threat.eps * (1 + results.L2_RTOL) + results.L2_ATOL
         for i in ((size > limit) | ~torch.isfinite(size)).nonzero().flatten().tolist():
             outside_ball.append((batch[i], float(size[i])))
-        vote, draws = runner.predict_draws(cell, x, runner.batch_seed(protocol.seed, clean_id, start))
+        vote, draws = predict_draws(cell, x, batch_seed(protocol.seed, clean_id, start))
         clean_pred.append(vote.cpu().numpy())
         clean_split.append(draws.cpu().numpy())
-        vote, draws = runner.predict_draws(cell, x_adv, runner.batch_seed(protocol.seed, cell_id, start))
+        vote, draws = predict_draws(cell, x_adv, batch_seed(protocol.seed, cell_id, start))
         adv_pred.append(vote.cpu().numpy())
         adv_split.append(draws.cpu().numpy())
     problems = []
