@@ -1,9 +1,9 @@
-"""Write the shipped class hierarchies that vlmbench's own data determines: ``world``, ``cifar10``,
-``oxford-pets`` (and ``cifar100`` from the dataset's pickles when given a data root).
+"""Write the shipped class hierarchies that vlmbench's own data determines: ``world``, ``world-forest``,
+``cifar10``, ``oxford-pets`` (and ``cifar100`` from the dataset's pickles when given a data root).
 
 Usage::
 
-    python scripts/make_hierarchies.py                          # rewrite world, cifar10, oxford-pets
+    python scripts/make_hierarchies.py                          # rewrite world, world-forest, cifar10, oxford-pets
     python scripts/make_hierarchies.py --cifar100-root DATA     # also cifar100 from DATA/cifar-100-python
     python scripts/make_hierarchies.py --check                  # exit 1 if a shipped file differs
 
@@ -33,6 +33,15 @@ MIT = "MIT (vlmbench)"
 ROUND_SHAPES = ("circle", "ring")
 # The warm side of the colour wheel; the world's purple (0.62, 0.18, 0.80) is a bluish violet, so cool.
 WARM_COLOURS = ("red", "yellow")
+# world-forest's extra trees. The three lightest colours: highest luma, Rec. 709 weights on the RGB values of
+# vlmbench/world/render.py COLOURS (yellow 0.82, cyan 0.66, green 0.56; purple 0.32, red 0.28, blue 0.28; the
+# same three on linearised sRGB); _world_trees checks it.
+LIGHT_COLOURS = ("green", "yellow", "cyan")
+# Neighbours on the hue circle (hues of COLOURS: red 2, yellow 53, green 123, cyan 184, blue 232, purple 283
+# degrees); each pair lies on one side of the warm/cool split, so the pairs nest under warmth.
+HUE_PAIRS = (("red", "yellow"), ("green", "cyan"), ("blue", "purple"))
+# Shapes whose mask (render.py _shape_mask) is not convex: the cross (a plus sign) and the ring (an annulus).
+NON_CONVEX_SHAPES = ("cross", "ring")
 
 
 def either(words: Sequence[str]) -> str:
@@ -40,31 +49,80 @@ def either(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
-def world() -> Hierarchy:
-    """``world-combo``'s 36 classes by shape (-> round or angular) and by colour (-> warm or cool).
+def split(members: Sequence[str], words: Sequence[str]) -> dict[str, str]:
+    """Each word of ``words`` -> the group it is in, ``members`` or the rest, named by :func:`either`
+    (in the order of ``words``)."""
+    inside, outside = [w for w in words if w in members], [w for w in words if w not in members]
+    return {w: either(inside if w in members else outside) for w in words}
+
+
+def _world_trees() -> tuple[str, dict[str, Tree]]:
+    """``world-combo``'s name and every tree over its 36 classes, by name (world: shape, colour;
+    world-forest: those and lightness, hue, convexity).
 
     Labels use only the world's vocabulary (its tokenizer maps other words, such as "round", to one
     unknown token, so "round" and "angular" would be the same prompt): a group is named by its members.
     """
     from vlmbench.world.datasets import WORLD_COMBO
-    from vlmbench.world.render import COLOUR_NAMES, SHAPES
+    from vlmbench.world.render import COLOUR_NAMES, COLOURS, SHAPES
 
-    unknown = set(ROUND_SHAPES) - set(SHAPES) | set(WARM_COLOURS) - set(COLOUR_NAMES)
+    unknown = (set(ROUND_SHAPES) | set(NON_CONVEX_SHAPES)) - set(SHAPES)
+    unknown |= (set(WARM_COLOURS) | set(LIGHT_COLOURS) | {c for pair in HUE_PAIRS for c in pair}) - set(COLOUR_NAMES)
     if unknown:
-        raise SystemExit(f"the world has no {sorted(unknown)}: update ROUND_SHAPES / WARM_COLOURS")
-    outline = {s: either(ROUND_SHAPES) if s in ROUND_SHAPES else either([x for x in SHAPES if x not in ROUND_SHAPES])
-               for s in SHAPES}
-    cool = [c for c in COLOUR_NAMES if c not in WARM_COLOURS]
-    warmth = {c: f"{either(WARM_COLOURS if c in WARM_COLOURS else cool)} shape" for c in COLOUR_NAMES}
-    classes = list(zip(WORLD_COMBO.classnames, WORLD_COMBO.class_attributes))
-    shape = Tree("shape", ("class", "shape", "outline"),
-                 {name: (a["shape"], outline[a["shape"]]) for name, a in classes})
-    colour = Tree("colour", ("class", "colour", "warmth"),
-                  {name: (f"{a['colour']} shape", warmth[a["colour"]]) for name, a in classes})
-    return Hierarchy("world", (WORLD_COMBO.name,),
+        raise SystemExit(f"the world has no {sorted(unknown)}: update the groups at the top of this script")
+    if sorted(c for pair in HUE_PAIRS for c in pair) != sorted(COLOUR_NAMES):
+        raise SystemExit("HUE_PAIRS must hold every colour of the world once")
+    luma = {c: 0.2126 * r + 0.7152 * g + 0.0722 * b for c, (r, g, b) in COLOURS.items()}
+    if set(sorted(luma, key=luma.get)[-len(LIGHT_COLOURS):]) != set(LIGHT_COLOURS):
+        raise SystemExit(f"LIGHT_COLOURS are not the world's lightest colours (luma {luma})")
+    outline, convexity = split(ROUND_SHAPES, SHAPES), split([s for s in SHAPES if s not in NON_CONVEX_SHAPES], SHAPES)
+    warmth = {c: f"{group} shape" for c, group in split(WARM_COLOURS, COLOUR_NAMES).items()}
+    lightness = split(LIGHT_COLOURS, COLOUR_NAMES)
+    hue = {c: f"{either([x for x in COLOUR_NAMES if x in pair])} shape" for pair in HUE_PAIRS for c in pair}
+    if any(len({warmth[c] for c in pair}) != 1 for pair in HUE_PAIRS):
+        raise SystemExit("a pair of HUE_PAIRS straddles the warm/cool split: the hue tree would not be a tree")
+    classes = [(name, a["colour"], a["shape"]) for name, a in zip(WORLD_COMBO.classnames, WORLD_COMBO.class_attributes)]
+
+    def tree(name: str, levels: tuple[str, ...], path: Callable[[str, str], tuple[str, str]]) -> Tree:
+        return Tree(name, ("class", *levels), {c: path(colour, shape) for c, colour, shape in classes})
+
+    trees = [
+        tree("shape", ("shape", "outline"), lambda colour, shape: (shape, outline[shape])),
+        tree("colour", ("colour", "warmth"), lambda colour, shape: (f"{colour} shape", warmth[colour])),
+        tree("lightness", ("lightness and shape", "lightness"),
+             lambda colour, shape: (f"{lightness[colour]} {shape}", f"{lightness[colour]} shape")),
+        tree("hue", ("hue pair", "warmth"), lambda colour, shape: (hue[colour], warmth[colour])),
+        tree("convexity", ("shape", "convexity"), lambda colour, shape: (shape, convexity[shape])),
+    ]
+    return WORLD_COMBO.name, {t.name: t for t in trees}
+
+
+def world() -> Hierarchy:
+    """``world-combo``'s 36 classes by shape (-> round or angular) and by colour (-> warm or cool)."""
+    dataset, trees = _world_trees()
+    return Hierarchy("world", (dataset,),
                      f"vlmbench's world (vlmbench/world/render.py SHAPES, COLOUR_NAMES); round shapes: {', '.join(ROUND_SHAPES)}; "
                      f"warm colours: {', '.join(WARM_COLOURS)}; written by scripts/make_hierarchies.py",
-                     MIT, (shape, colour))
+                     MIT, (trees["shape"], trees["colour"]))
+
+
+def world_forest() -> Hierarchy:
+    """``world``'s two trees and three more over the same 36 classes, a five-tree forest (vlmbench's, for the
+    hierarchical defense's ``trees=5``): lightness and shape (-> light or dark), hue pair (-> warm or cool),
+    shape (-> convex or not).
+
+    Named with ``_``, not ``-``: shipped files are listed in file-name order, ``world-forest.json`` would come
+    before ``world.json`` (``-`` < ``.``), and ``hierarchy=auto`` takes the first that covers world-combo.
+    """
+    dataset, trees = _world_trees()
+    return Hierarchy("world-forest", (dataset,),
+                     "vlmbench's world (vlmbench/world/render.py SHAPES, COLOURS, _shape_mask); trees 'shape' and "
+                     "'colour' are world.json's; 'lightness': class -> lightness and shape -> lightness, light colours "
+                     f"(highest Rec. 709 luma): {', '.join(LIGHT_COLOURS)}; 'hue': class -> hue pair "
+                     f"({'; '.join(', '.join(p) for p in HUE_PAIRS)}) -> warmth; 'convexity': class -> shape -> convex "
+                     f"or not (not convex: {', '.join(NON_CONVEX_SHAPES)}); a five-tree forest of vlmbench's construction; "
+                     "written by scripts/make_hierarchies.py",
+                     MIT, tuple(trees.values()))
 
 
 CIFAR10_VEHICLES = ("airplane", "automobile", "ship", "truck")
@@ -107,7 +165,8 @@ def cifar100(root: Path) -> Hierarchy:
                      (cifar100_coarse_from_pickle(root),))
 
 
-BUILDERS: dict[str, Callable[[], Hierarchy]] = {"world": world, "cifar10": cifar10, "oxford-pets": oxford_pets}
+BUILDERS: dict[str, Callable[[], Hierarchy]] = {"world": world, "world-forest": world_forest, "cifar10": cifar10,
+                                                "oxford-pets": oxford_pets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

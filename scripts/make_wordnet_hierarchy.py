@@ -12,11 +12,15 @@ What it writes (docs/hierarchies.md explains the choices):
   200 TinyImageNet synsets under TinyImageNet's own names (the first word of ``words.txt``, which is the
   synset's first WordNet lemma). A name given to two synsets (CLIP's ``missile``, ``sunglasses``) gets
   the ancestry of the synset whose first lemma it is.
-* levels: ``L = 5``; the ancestor at level ``l`` is the ``l``-th hypernym above the class (``@`` and
-  ``@i`` pointers of ``data.noun``; a wnid's digits are its synset offset). A path that reaches the
-  root ``entity`` in fewer than ``L`` steps stays at ``entity`` above it.
-* trees: ``first`` follows every synset's first hypernym; ``second`` follows the second hypernym
-  wherever a synset has more than one (at the class or any ancestor), else the first.
+* levels: ``L = 5``; in a tree of stride ``s`` the ancestor at level ``l`` is the ``(s·l)``-th hypernym
+  above the class (``@`` and ``@i`` pointers of ``data.noun``; a wnid's digits are its synset offset). A
+  path that reaches the root ``entity`` in fewer steps stays at ``entity`` above it.
+* trees (:data:`TREES`): ``first`` (stride 1) follows every synset's first hypernym; ``second`` (stride 1)
+  follows the second hypernym wherever a synset has more than one (at the class or any ancestor), else
+  the first. Three more make a five-tree forest for the hierarchical defense's ``trees=5``, vlmbench's
+  construction (the paper does not publish its own): ``first-stride-2`` and ``second-stride-2`` (levels
+  at hypernyms 2, 4, 6, 8, 10 of those paths) and ``first-stride-3`` (3, 6, 9, 12, 15 of ``first``'s).
+  ``second-stride-3`` is not used: its level 5 is a single node over ImageNet-A's classes.
 * labels: a synset's first lemma (``_`` -> space); lemmas that name several synsets in the file get
   their first hypernym in brackets (``plant (organism)``), and the synset's wnid if that still collides.
 """
@@ -37,7 +41,9 @@ from vlmbench.hierarchy import HIERARCHIES_DIR, Hierarchy, Tree, dumps
 
 DEPTH = 5  # the paper's "WordNet hypernym path, depth 5"
 DATASETS = ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "tinyimagenet")
-TREES = ("first", "second")
+# (name, follow the second hypernym, stride): the ancestor at level l is the (stride·l)-th hypernym.
+TREES = (("first", False, 1), ("second", True, 1), ("first-stride-2", False, 2), ("second-stride-2", True, 2),
+         ("first-stride-3", False, 3))
 
 # TinyImageNet's 200 synsets: tiny-imagenet-200/wnids.txt of http://cs231n.stanford.edu/tiny-imagenet-200.zip,
 # sorted (the order vlmbench's tinyimagenet loader labels them in). All are ImageNet-1k synsets.
@@ -118,9 +124,16 @@ def hypernym_path(synsets: dict[str, Synset], offset: str, second: bool) -> list
     return path
 
 
-def levels_of(path: list[str]) -> tuple[str, ...]:
-    """The first :data:`DEPTH` hypernyms of ``path``, the root repeated where the path is shorter."""
-    return tuple(path[:DEPTH] + [path[-1]] * (DEPTH - len(path)))
+def levels_of(path: list[str], stride: int = 1) -> tuple[str, ...]:
+    """Hypernyms ``stride``, ``2·stride`` .. ``DEPTH·stride`` of ``path`` (1-based, nearest first), the root
+    (the path's last) where the path is shorter; stride 1: the first :data:`DEPTH` hypernyms."""
+    return tuple(path[min(stride * level, len(path)) - 1] for level in range(1, DEPTH + 1))
+
+
+def tree_paths(synsets: dict[str, Synset], offsets: set[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Tree name -> class synset offset -> its level-1..DEPTH ancestors (offsets), for every tree of :data:`TREES`."""
+    paths = {second: {o: hypernym_path(synsets, o, second) for o in offsets} for second in (False, True)}
+    return {name: {o: levels_of(paths[second][o], stride) for o in offsets} for name, second, stride in TREES}
 
 
 def node_labels(synsets: dict[str, Synset], used: set[str]) -> dict[str, str]:
@@ -165,33 +178,45 @@ def leaf_synsets(synsets: dict[str, Synset]) -> dict[str, str]:
 def build(wordnet: Path, copyright_file: Path) -> Hierarchy:
     synsets = read_wordnet(wordnet)
     leaves = leaf_synsets(synsets)
-    paths = {second: {o: levels_of(hypernym_path(synsets, o, second)) for o in set(leaves.values())} for second in (False, True)}
+    paths = tree_paths(synsets, set(leaves.values()))
     labels = node_labels(synsets, {a for tree in paths.values() for path in tree.values() for a in path})
-    levels = ("class", *(f"hypernym {l}" for l in range(1, DEPTH + 1)))
-    trees = tuple(Tree(name, levels, {c: tuple(labels[a] for a in paths[second][o]) for c, o in leaves.items()})
-                  for name, second in zip(TREES, (False, True)))
+    trees = tuple(Tree(name, ("class", *(f"hypernym {stride * l}" for l in range(1, DEPTH + 1))),
+                       {c: tuple(labels[a] for a in paths[name][o]) for c, o in leaves.items()})
+                  for name, _, stride in TREES)
     source = ("WordNet 3.0 (Princeton University; Debian's wordnet-base, data.noun) hypernym paths of the ImageNet-1k "
               "synsets under vlmbench's class names (CLIP's, vlmbench/datasets/data/imagenet.json) and of TinyImageNet's "
-              f"200 synsets under their first lemma (TinyImageNet's own names); level l = the l-th hypernym (@, @i) above "
-              f"the class, L = {DEPTH}, the root 'entity' repeated above shorter paths; tree 'first' follows first "
-              "hypernyms, tree 'second' the second hypernym wherever a synset has several; written by "
+              f"200 synsets under their first lemma (TinyImageNet's own names); L = {DEPTH}, the root 'entity' repeated "
+              "above shorter paths; tree 'first' follows first hypernyms, tree 'second' the second hypernym wherever a "
+              "synset has several, level l = the l-th hypernym (@, @i) above the class; trees 'first-stride-2' and "
+              "'second-stride-2' (level l = hypernym 2l of those paths) and 'first-stride-3' (hypernym 3l of 'first') "
+              "complete a five-tree forest, vlmbench's construction (the paper does not publish its own); written by "
               "scripts/make_wordnet_hierarchy.py")
     licence = "WordNet 3.0 licence (a notice that must accompany all copies):\n\n" + read_licence(copyright_file)
     return Hierarchy("wordnet", DATASETS, source, licence, trees)
 
 
-def report(wordnet: Path) -> None:
-    """Print the statistics docs/hierarchies.md quotes."""
+def report(wordnet: Path, hierarchy: Hierarchy) -> None:
+    """Print the statistics docs/hierarchies.md quotes: over the 1000 ImageNet-1k synsets, and the nodes per
+    level of every tree over all the file's classes."""
     synsets = read_wordnet(wordnet)
     imagenet = json.loads(files("vlmbench.datasets").joinpath("data", "imagenet.json").read_text(encoding="utf-8"))
     offsets = [w[1:] for w in imagenet["wnids"]]
     resolved = [o for o in offsets if o in synsets]
     depths = [len(hypernym_path(synsets, o, False)) for o in resolved]
     several = Counter(len(synsets[o].hypernyms) for o in resolved)
-    differ = sum(levels_of(hypernym_path(synsets, o, False)) != levels_of(hypernym_path(synsets, o, True)) for o in resolved)
+    paths = tree_paths(synsets, set(resolved))
     print(f"ImageNet synsets resolved: {len(resolved)} of {len(offsets)}; first-hypernym path length "
           f"min {min(depths)} / median {statistics.median(depths)} / max {max(depths)}; direct hypernyms per class "
-          f"{dict(sorted(several.items()))}; classes whose 'second' path differs: {differ}")
+          f"{dict(sorted(several.items()))}")
+    for name, _, _ in TREES:
+        tree = hierarchy.tree(name)
+        nodes = [len(tree.nodes(l, list(tree.ancestors))[0]) for l in range(1, tree.depth + 1)]
+        print(f"tree {name!r}: nodes per level 1..{DEPTH} over the file's {len(tree.ancestors)} classes: {nodes}")
+    names = [name for name, _, _ in TREES]
+    print("ImageNet classes whose ancestors differ between two trees (any level):")
+    for a, name in enumerate(names):
+        counts = [sum(paths[name][o] != paths[other][o] for o in resolved) for other in names[:a]]
+        print(f"  {name}: " + ", ".join(f"{n} vs {other}" for n, other in zip(counts, names)) if counts else f"  {name}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in (args.wordnet, args.copyright):
         if not path.is_file():
             raise SystemExit(f"{path} not found: apt-get install wordnet-base (WordNet 3.0)")
-    text, out = dumps(build(args.wordnet, args.copyright)), HIERARCHIES_DIR / "wordnet.json"
-    report(args.wordnet)
+    hierarchy = build(args.wordnet, args.copyright)
+    text, out = dumps(hierarchy), HIERARCHIES_DIR / "wordnet.json"
+    report(args.wordnet, hierarchy)
     if args.check:
         same = out.is_file() and out.read_text(encoding="utf-8") == text
         print("wordnet.json is up to date" if same else "wordnet.json differs from this script's output", file=sys.stderr)

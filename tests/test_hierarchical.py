@@ -478,3 +478,49 @@ def test_paper_preset_fine_tunes_on_an_imagenet_folder_with_the_wordnet_forest(t
     assert key["settings"]["train_eps"] == pytest.approx(1 / 255) and key["settings"]["attack_steps"] == 3
     assert adapted.fingerprint != model.fingerprint
     assert len(read_loss_curve(method.checkpoint)) == 1
+
+
+FOREST = ["shape", "colour", "lightness", "hue", "convexity"]
+
+
+def test_prepare_resolves_the_five_trees_of_the_world_forest(world_vit, tmp_path):
+    """trees=5, the paper's forest ablation, on the shipped world_forest hierarchy (docs/hierarchies.md)."""
+    import hashlib
+
+    from vlmbench.hierarchy import shipped_hierarchies
+
+    method = make(preset="world", hierarchy="world-forest", trees=5)
+    settings = resolve_settings(method.config, method.presets(), world_vit)
+    data = WorldTrainingSet(size=8)
+    identity = method.prepare(world_vit, data, context(tmp_path, world_vit), settings)
+    assert identity["hierarchy"] == "world-forest" and identity["trees"] == FOREST and identity["depth"] == [2] * 5
+    assert identity["sha256"] == hashlib.sha256(shipped_hierarchies()["world-forest"].read_bytes()).hexdigest()
+    prepared = method._prepared
+    # the 30 training classes, then per tree its level-1 and level-2 nodes
+    assert [[len(rows) for rows in tree] for tree in prepared.slots] == [[30, 6, 2], [30, 6, 2], [30, 12, 2], [30, 3, 2], [30, 6, 2]]
+    assert all(torch.equal(tree[0], prepared.slots[0][0]) for tree in prepared.slots)
+    rows = torch.cat([rows for tree in prepared.slots for rows in tree[1:]])
+    assert len(set(rows.tolist())) == len(rows) == 73 - 30  # every tree's nodes have their own prompts
+    assert prepared.texts(world_vit.module).shape[0] == 73
+    assert [levels.name for levels in prepared.trees] == FOREST
+    with pytest.raises(FineTuneError, match="has 5 "):
+        make(preset="world", hierarchy="world-forest", trees=6).prepare(world_vit, data, context(tmp_path, world_vit), settings)
+    auto = make(preset="world", trees=1)  # hierarchy=auto still picks world.json for world-combo
+    assert auto.prepare(world_vit, data, context(tmp_path, world_vit), settings)["hierarchy"] == "world"
+
+
+def test_smoke_fine_tune_on_the_five_tree_world_forest(world_vit, tmp_path):
+    base = {**vars(plugins().defenses.get("hierarchical").smoke_config()), "preset": "world"}
+    forest = make(**{**base, "hierarchy": "world-forest", "trees": 5})
+    adapted = forest.adapt_model(world_vit, context(tmp_path, world_vit))
+    key = json.loads((forest.checkpoint / "key.json").read_text())
+    assert key["prepared"]["hierarchy"] == "world-forest" and key["prepared"]["trees"] == FOREST
+    assert adapted.fingerprint != world_vit.fingerprint
+    curve = read_loss_curve(forest.checkpoint)
+    assert len(curve) == 2 and {"loss_hierarchy", "loss_vic", "loss_gap"} <= set(curve.columns)
+    assert all(math.isfinite(v) for v in curve["loss"])
+    one = make(**{**base, "hierarchy": "world-forest", "trees": 1})  # the same file, its first tree only
+    one.adapt_model(world_vit, context(tmp_path, world_vit))
+    assert one.checkpoint != forest.checkpoint
+    # five trees' cross-entropies add up (each includes the classes' own, level 0, at weight 1)
+    assert curve["loss_hierarchy"].iloc[0] > 2 * read_loss_curve(one.checkpoint)["loss_hierarchy"].iloc[0]

@@ -160,7 +160,7 @@ SHIPPED = sorted(shipped_hierarchies())
 
 
 def test_the_expected_hierarchies_ship():
-    assert SHIPPED == ["cifar10", "cifar100", "oxford-pets", "wordnet", "world"]
+    assert SHIPPED == ["cifar10", "cifar100", "oxford-pets", "wordnet", "world", "world-forest"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -220,14 +220,14 @@ def test_shipped_files_ship_with_the_package():
 
 
 def test_hierarchies_for_a_dataset():
-    assert [h.name for h in hierarchies_for("world-combo")] == ["world"]
+    assert [h.name for h in hierarchies_for("world-combo")] == ["world", "world-forest"]  # auto picks world
     assert [h.name for h in hierarchies_for("imagenet-r")] == ["wordnet"]
     assert [h.name for h in hierarchies_for("tinyimagenet")] == ["wordnet"]
     assert hierarchies_for("world-shape") == []
 
 
 def test_scripted_files_equal_the_scripts_output():
-    """world, cifar10 and oxford-pets are exactly what scripts/make_hierarchies.py writes."""
+    """world, world-forest, cifar10 and oxford-pets are exactly what scripts/make_hierarchies.py writes."""
     assert script("make_hierarchies").main(["--check"]) == 0
 
 
@@ -248,15 +248,100 @@ def test_world_trees_are_two_levels_deep_in_the_worlds_own_words():
     assert world.tree("colour").ancestors["cyan ring"] == ("cyan shape", "green, blue, purple or cyan shape")
 
 
-def test_wordnet_file_covers_imagenet_with_two_trees_of_depth_5():
+WORLD_FOREST_TREES = ["shape", "colour", "lightness", "hue", "convexity"]
+
+
+def test_world_forest_is_world_plus_three_trees_in_the_worlds_own_words():
+    from vlmbench.finetune import WorldTrainingSet
+    from vlmbench.world.tokenizer import UNK_ID, WorldTokenizer
+
+    world, forest = (load_hierarchy(shipped_hierarchies()[name]) for name in ("world", "world-forest"))
+    assert forest.datasets == world.datasets == ("world-combo",) and forest.licence == world.licence
+    assert [t.name for t in forest.trees] == WORLD_FOREST_TREES and all(t.depth == 2 for t in forest.trees)
+    assert forest.trees[:2] == world.trees  # world.json's trees exactly (names, levels, every class's ancestors)
+    for a, tree in enumerate(forest.trees):  # pairwise different groupings
+        for other in forest.trees[:a]:
+            assert any(tree.ancestors[c] != other.ancestors[c] for c in tree.ancestors), (tree.name, other.name)
+    tokenizer = WorldTokenizer()
+    training = WorldTrainingSet(size=1).classnames  # the 30 classes the hierarchical defense trains on
+    expected = {"shape": [6, 2], "colour": [6, 2], "lightness": [12, 2], "hue": [3, 2], "convexity": [6, 2]}
+    for tree in forest.trees:
+        for level in (1, 2):
+            names, _ = tree.nodes(level, list(tree.ancestors))
+            assert len(names) == expected[tree.name][level - 1] == len(tree.nodes(level, training)[0])
+            prompts = [tokenizer.encode(f"a photo of a {n}.") for n in names]
+            assert len({tuple(p) for p in prompts}) == len(names)
+            assert all(sum(i != UNK_ID for i in p) > 4 for p in prompts)
+    lightness, hue, convexity = (forest.tree(name).ancestors for name in WORLD_FOREST_TREES[2:])
+    assert lightness["cyan ring"] == ("green, yellow or cyan ring", "green, yellow or cyan shape")
+    assert lightness["purple ring"] == ("red, blue or purple ring", "red, blue or purple shape")
+    assert hue["cyan ring"] == ("green or cyan shape", "green, blue, purple or cyan shape")
+    assert hue["yellow cross"] == ("red or yellow shape", "red or yellow shape")
+    assert convexity["red cross"] == ("cross", "cross or ring")
+    assert convexity["red circle"] == ("circle", "circle, square, triangle or diamond")
+    assert parse_level_spec("world-forest:hue:1") == ("world-forest", "hue", 1)
+    mapping = forest.tree("hue").superclass_map(1, list(forest.tree().ancestors), "world-forest")
+    assert mapping.name == "world-forest:hue:1" and mapping.superclasses == ("red or yellow shape", "green or cyan shape",
+                                                                               "blue or purple shape")
+
+
+def test_wordnet_file_covers_imagenet_with_five_trees_of_depth_5():
     wordnet = load_hierarchy(shipped_hierarchies()["wordnet"])
-    assert [t.name for t in wordnet.trees] == ["first", "second"] and all(t.depth == 5 for t in wordnet.trees)
+    assert [t.name for t in wordnet.trees] == WORDNET_TREES and all(t.depth == 5 for t in wordnet.trees)
     assert "WordNet 3.0 Copyright 2006 by Princeton University" in wordnet.licence
-    first, second = wordnet.trees
+    first, second = wordnet.trees[:2]
+    assert first.levels == second.levels == ("class", "hypernym 1", "hypernym 2", "hypernym 3", "hypernym 4", "hypernym 5")
     assert first.ancestors["tench"][:2] == ("cyprinid", "cypriniform fish")
     assert second.ancestors["accordion"][0] == "keyboard instrument"  # its second direct hypernym
     assert sum(first.ancestors[c] != second.ancestors[c] for c in first.ancestors) > 100
     assert first.ancestors["cliff"][-2:] == ("entity", "entity")  # a path of 4 steps stays at the root
+
+
+WORDNET_TREES = ["first", "second", "first-stride-2", "second-stride-2", "first-stride-3"]
+# Nodes per level 1..5 over the file's 1044 classes, as make_wordnet_hierarchy.py reports them (docs/hierarchies.md).
+WORDNET_NODES = {"first": [555, 302, 185, 114, 73], "second": [558, 304, 184, 114, 72],
+                 "first-stride-2": [302, 114, 45, 18, 10], "second-stride-2": [304, 114, 44, 17, 9],
+                 "first-stride-3": [185, 45, 13, 7, 4]}
+
+
+def test_wordnet_stride_trees_relevel_the_first_and_second_paths():
+    """A stride-s tree's level l is hypernym s·l of its path: where the L = 5 trees reach, it is their node."""
+    wordnet = load_hierarchy(shipped_hierarchies()["wordnet"])
+    first, second, first2, second2, first3 = (wordnet.tree(name) for name in WORDNET_TREES)
+    assert first2.levels == ("class", "hypernym 2", "hypernym 4", "hypernym 6", "hypernym 8", "hypernym 10")
+    assert first3.levels == ("class", "hypernym 3", "hypernym 6", "hypernym 9", "hypernym 12", "hypernym 15")
+    for c, path in first.ancestors.items():
+        assert first2.ancestors[c][:2] == (path[1], path[3]) and first3.ancestors[c][0] == path[2]
+        assert second2.ancestors[c][:2] == (second.ancestors[c][1], second.ancestors[c][3])
+    assert first2.ancestors["tench"][:3] == ("cypriniform fish", "teleost fish", "fish")
+    assert (first2.ancestors["accordion"][0], second2.ancestors["accordion"][0]) == ("wind instrument", "musical instrument")
+    assert first3.ancestors["Maltese"] == ("canine", "mammal", "animal", "whole", "entity")
+    # cliff's path has 4 steps (geological formation, object, physical entity, entity): the root repeats above it
+    assert first2.ancestors["cliff"] == ("object", *["entity"] * 4)
+    assert first3.ancestors["cliff"] == ("physical entity", *["entity"] * 4)
+    for tree in wordnet.trees:
+        classes = list(tree.ancestors)
+        assert [len(tree.nodes(l, classes)[0]) for l in range(1, 6)] == WORDNET_NODES[tree.name]
+    # Every new tree gives every class other parents than 'first' (level 1 is a farther hypernym); the two
+    # stride-2 trees differ as 'first' and 'second' do, where a synset on the path has a second hypernym.
+    for tree in (first2, second2, first3):
+        assert all(tree.ancestors[c][0] != first.ancestors[c][0] for c in classes)
+    assert sum(first2.ancestors[c] != second2.ancestors[c] for c in classes) > 250
+
+
+@pytest.mark.skipif(not WORDNET.is_file(), reason="WordNet 3.0 not installed (apt-get install wordnet-base)")
+def test_wordnet_script_reports_how_many_classes_differ_between_trees(capsys):
+    """The figures docs/hierarchies.md quotes: over the 1000 ImageNet-1k synsets, classes whose ancestors differ."""
+    wn = script("make_wordnet_hierarchy")
+    wordnet = load_hierarchy(shipped_hierarchies()["wordnet"])
+    wn.report(WORDNET, wordnet)
+    out = capsys.readouterr().out
+    assert "second: 296 vs first\n" in out
+    assert "first-stride-2: 1000 vs first, 1000 vs second\n" in out
+    assert "second-stride-2: 1000 vs first, 1000 vs second, 301 vs first-stride-2\n" in out
+    assert "first-stride-3: 1000 vs first, 1000 vs second, 1000 vs first-stride-2, 1000 vs second-stride-2\n" in out
+    for name, nodes in WORDNET_NODES.items():
+        assert f"tree {name!r}: nodes per level 1..5 over the file's 1044 classes: {nodes}" in out
 
 
 @pytest.mark.skipif(not WORDNET.is_file(), reason="WordNet 3.0 not installed (apt-get install wordnet-base)")

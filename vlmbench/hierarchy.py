@@ -344,7 +344,7 @@ def dumps(hierarchy: Hierarchy) -> str:
 
 def shipped_hierarchies() -> dict[str, Path]:
     """Name -> file of every hierarchy shipped under ``vlmbench/hierarchies/`` (the file's stem is its name)."""
-    return {path.stem: path for path in sorted(HIERARCHIES_DIR.glob("*.json"))}
+    return {path.stem: path for path in sorted(HIERARCHIES_DIR.glob("*.json"), key=lambda p: p.stem)}
 
 
 @cache
