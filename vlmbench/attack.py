@@ -95,6 +95,16 @@ class Attack(ABC):
         ``num_classes`` classes (attacks whose behaviour depends on it, such as target counts, say so)."""
         return config_dict(self.config)
 
+    def estimated_passes(self, num_classes: int) -> tuple[float, float]:
+        """Planning estimate, per image, of ``(forward, backward)`` calls of the model the attack
+        differentiates, on ``num_classes`` classes, EOT draws included: an upper bound for attacks
+        that stop early (AutoAttack's later sub-attacks only see the images the earlier ones left).
+        The default, ``steps × restarts × EOT`` of each, is exact for PGD-style attacks; attacks that
+        spend their budget otherwise override it. The planner (``vlmbench plan``) sums these; the
+        passes that really ran are measured and recorded in every row (``forward_passes``)."""
+        calls = float(self.threat.steps * max(self.threat.restarts, 1) * self.eot_draws)
+        return calls, calls
+
 
 # Tolerances for the budget check: float32 rounding of x + δ, nothing more.
 _LINF_TOL = 1e-6

@@ -145,10 +145,34 @@ def run(
     cascade: Annotated[bool, typer.Option(help="Run each later attack only on the images every earlier one left robust (recorded).")] = False,
     eps_sweep: Annotated[bool, typer.Option(help="Quick ε sweep per cell (2ε, 4ε on 16 images) for the eps-not-monotone flag.")] = True,
     save_adversarials: Annotated[bool, typer.Option("--save-adversarials", help="Store each attacked cell's adversarial images beside its Parquet file (CELL.adv.npz), for `results verify`.")] = False,
+    shard: Annotated[str | None, typer.Option(help="Run only part I of N of the cells (I/N): deterministic and balanced on estimated cost; the N parts are disjoint and together the whole run (SLURM arrays, one process per GPU).")] = None,
     plugin: PluginOption = None,
 ) -> None:
     """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
-    from vlmbench.preflight import split_values, validate_request_options
+    _run_or_plan(dry=False, **locals())
+
+
+def plan(**options: Any) -> None:
+    """Show what `vlmbench run` with the same options would do, running nothing: every cell with its
+    status in the output folder (complete, partial, pending, needs training), the estimated model
+    calls, and a time estimate from the throughput measured in that folder on this device."""
+    _run_or_plan(dry=True, **options)
+
+
+plan.__signature__ = __import__("inspect").signature(run)  # type: ignore[attr-defined]
+plan.__annotations__ = dict(run.__annotations__)
+app.command("plan")(user_errors(plan))
+
+
+def _run_or_plan(dry: bool, model: list[str] | None, defense: list[str] | None, attack: list[str] | None,
+                 dataset: list[str] | None, protocol: str | None, eps: list[str] | None, norm: str, step_size: str | None,
+                 restarts: int, random_start: bool, samples: int | None, selection: str, split: str | None, seed: int,
+                 batch_size: int, device: str, threads: int | None, data_root: Path | None, download: bool, output: Path,
+                 attack_param: list[str] | None, defense_param: list[str] | None, track: str | None, eot: int | None,
+                 eval_draws: int | None, adaptive_steps: int | None, source_model: str | None, source_defense: str | None,
+                 target: str | None, superclasses: str | None, cascade: bool, eps_sweep: bool, save_adversarials: bool,
+                 shard: str | None, plugin: list[str] | None) -> None:
+    from vlmbench.preflight import parse_shard, split_values, validate_request_options
 
     _load_plugin_sources(plugin)  # before the names are checked: its plugins count
     models, defenses = split_values(model, "--model"), split_values(defense, "--defense")
@@ -160,6 +184,7 @@ def run(
         adaptive_steps=adaptive_steps,
         source_defense=source_defense,
     )
+    part = parse_shard(shard) if shard is not None else None
     from vlmbench.resolve import resolve_model
 
     for spec in (*models, *([source_model] if source_model else [])):  # registered plugins' weights: before any work
@@ -207,6 +232,12 @@ def run(
         save_adversarials=save_adversarials,
     )
     the_plan = plan(request)
+    from vlmbench.execute import shard_jobs
+
+    jobs = shard_jobs(the_plan, *part) if part is not None else the_plan.jobs()
+    if dry:
+        print_plan(the_plan, jobs, part)
+        return
     notes: list[str] = list(getattr(the_plan, "notes", []))
     print_notes(notes)
     with Progress(
@@ -218,7 +249,7 @@ def run(
         console=err_console,
         transient=False,
     ) as progress:
-        task = progress.add_task("loading model", total=the_plan.n_images)
+        task = progress.add_task("loading model", total=sum(the_plan.n_images_of(key) for job in jobs for key in job))
 
         def on_cell(protocol: Any, n: int) -> None:
             desc = f"{protocol.data.dataset} · {protocol.model.name} · {protocol.defense.name} · {protocol.attack.name} ε={protocol.threat.eps_label}"
@@ -228,15 +259,63 @@ def run(
 
         with reporting(_training_progress(progress)):  # fine-tuning of training-time defenses
             outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k),
-                               on_wait=lambda message: progress.console.print(f"note: {message}", highlight=False))
+                               on_wait=lambda message: progress.console.print(f"note: {message}", highlight=False),
+                               jobs=jobs)
         progress.update(task, description="done")
     print_report(pd.concat([o.rows for o in outcomes], ignore_index=True))
     cached = sum(o.status == "cached" for o in outcomes)
     resumed = sum(o.status == "resumed" for o in outcomes)
+    where = f" (shard {part[0]}/{part[1]} of {the_plan.n_cells})" if part is not None else ""
     console.print(
-        f"{len(outcomes)} cells ({cached} already complete, {resumed} resumed) → {output}/", highlight=False
+        f"{len(outcomes)} cells{where} ({cached} already complete, {resumed} resumed) → {output}/", highlight=False
     )
     print_notes(notes)  # again, where the eye lands after the tables
+
+
+def print_plan(the_plan: Any, jobs: list[Any], part: tuple[int, int] | None) -> None:
+    """``vlmbench plan``: one row per cell (status, images, estimated model calls), then the totals
+    and the time estimate."""
+    from vlmbench.execute import measured_seconds_per_call, preview, run_metadata
+
+    cells = preview(the_plan, jobs)
+    table = Table(title=f"plan: {len(cells)} cells" + (f" (shard {part[0]}/{part[1]} of {the_plan.n_cells})" if part else ""),
+                  title_justify="left")
+    for column, justify in (("cell", "left"), ("images", "right"), ("forward", "right"), ("backward", "right"), ("status", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for cell in cells:
+        status = f"partial {cell.batches_done}/{cell.batches} batches" if cell.status == "partial" else cell.status
+        table.add_row(cell.label, str(cell.images), f"{cell.forward:,.0f}", f"{cell.backward:,.0f}", status)
+    console.print(table)
+    counts = {s: sum(c.status == s for c in cells) for s in ("complete", "partial", "pending", "needs training")}
+    todo = [c for c in cells if c.status != "complete"]
+    forward, backward = sum(c.forward for c in todo), sum(c.backward for c in todo)
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; to compute: {sum(c.images for c in todo):,} images, "
+                  f"{forward:,.0f} forward and {backward:,.0f} backward model calls (estimates: an attack that stops early "
+                  "does fewer; a test-time defense multiplies each call by its inference cost)", highlight=False)
+    device = run_metadata(the_plan.device)["device"]
+    for index, model in enumerate(the_plan.models):
+        mine = [c for c in todo if c.key.model == index]
+        if not mine:
+            continue
+        rate = measured_seconds_per_call(the_plan.request.output, model.name, device)
+        if rate is None:
+            console.print(f"{model.name}: no throughput measured on {device} in {the_plan.request.output}/ (run a few "
+                          "cells first); no time estimate", highlight=False)
+            continue
+        calls = sum(c.forward + 2 * c.backward for c in mine)
+        console.print(f"{model.name}: about {_duration(calls * rate[0])} on {device} ({rate[0] * 1e3:.2f} ms per model call "
+                      f"measured over {rate[1]} finished cells in {the_plan.request.output}/)", highlight=False)
+    if counts["needs training"]:
+        console.print("cells marked 'needs training' first fine-tune their defense (vlmbench train), not counted above",
+                      highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def print_notes(notes: list[str]) -> None:

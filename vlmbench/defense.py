@@ -114,6 +114,13 @@ class Defense(ABC):
         """Training-time hook: the defended weights. Default: the model unchanged."""
         return model
 
+    def is_cached(self, model: ClipModel, context: DefenseContext) -> bool:
+        """Whether :meth:`adapt_model` would only load (no training) for ``model`` in ``context``.
+        Default: true for a defense without a training-time hook, false (cannot tell) for one with
+        it; the fine-tuning engine's defenses look their checkpoint up. The planner uses this so that
+        ``vlmbench plan`` never trains."""
+        return not self.is_training_time()
+
     def wrap(self, classifier: ZeroShotClassifier, context: DefenseContext) -> torch.nn.Module:
         """Test-time hook: a module ``pixels (N,3,H,W) in [0,1] -> logits (N,C)``. Default: ``classifier``."""
         return classifier

@@ -8,7 +8,9 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,11 @@ from vlmbench.fingerprint import source_fingerprint
 from vlmbench.models import ClipModel
 from vlmbench.protocol import (DataSpec, PluginRef, Protocol, indices_sha256)
 from vlmbench.batch import Cell
-from vlmbench.cell import CellOutcome, remove_leftovers, run_cell
-from vlmbench.plan import Plan, adaptive_budget
+from vlmbench import results
+from vlmbench.cell import CellOutcome, cell_filename, remove_leftovers, run_cell
+from vlmbench.errors import VlmbenchError
+from vlmbench.plan import CellKey, Plan, shard
+from vlmbench.targets import SuperclassMap
 
 
 VERSIONED_PACKAGES = ("vlmbench", "torch", "torchvision", "open_clip_torch", "pyautoattack", "numpy")
@@ -76,100 +81,176 @@ def execute(
     on_cell: Callable[[Protocol, int], None] | None = None,
     on_advance: Callable[[int], None] | None = None,
     on_wait: Callable[[str], None] | None = None,
+    jobs: list[tuple[CellKey, ...]] | None = None,
 ) -> list[CellOutcome]:
-    """Run every cell of ``plan_``; ``on_cell(protocol, n)`` announces a cell, ``on_advance(k)`` reports
-    images done, ``on_wait(message)`` that a cell is being computed by another process."""
+    """Run the cells of ``plan_`` in this process (the local executor): every job of
+    :meth:`Plan.jobs`, or only ``jobs`` (a shard's); ``on_cell(protocol, n)`` announces a cell,
+    ``on_advance(k)`` reports images done, ``on_wait(message)`` that a cell is being computed by another
+    process."""
     remove_leftovers(plan_.request.output)
+    bench = Workbench(plan_)
     try:
-        return _execute(plan_, on_cell, on_advance, on_wait)
+        return [outcome for job in (plan_.jobs() if jobs is None else jobs)
+                for outcome in bench.run_job(job, on_cell, on_advance, on_wait)]
     finally:
         remove_leftovers(plan_.request.output)
 
 
-def _execute(
-    plan_: Plan,
-    on_cell: Callable[[Protocol, int], None] | None,
-    on_advance: Callable[[int], None] | None,
-    on_wait: Callable[[str], None] | None,
-) -> list[CellOutcome]:
-    request = plan_.request
-    device = plan_.device
-    outcomes: list[CellOutcome] = []
-    meta = run_metadata(device)
-    versions = meta["versions"]
-    source, source_context, source_wrappers = _defended_source(plan_)
-    for model_plugin in plan_.models:
-        original = model_plugin.load(device, download=request.download)
-        for defense in plan_.defenses:
-            context = DefenseContext(cache_dir() / "defenses", device, request.seed, request.data_root, original)
+@dataclass
+class _Setting:
+    """What every cell of one (model, defense, dataset) shares: pipelines, label space, data record."""
+
+    model: ClipModel  # after training-time defenses
+    original: ClipModel
+    classifier: ZeroShotClassifier
+    defended: torch.nn.Module
+    source_classifier: torch.nn.Module | None
+    superclasses: SuperclassMap | None
+    target_mode: str
+    data_spec: DataSpec
+
+
+class NotTrained(VlmbenchError):
+    """A training-time defense has no cached checkpoint and this workbench may not train."""
+
+
+class Workbench:
+    """One executor process's loaded state, kept between cells: the models, each model after each
+    defense, and each (model, defense, dataset)'s zero-shot pipeline (its text embeddings). A cell is
+    identified by its :class:`~vlmbench.plan.CellKey`; :meth:`protocol` describes it (its hash names
+    its file) and :meth:`run_job` computes it. The most recent ``keep`` models and settings stay loaded.
+
+    ``train=False`` (the planner) refuses to fine-tune: a training-time defense without a cached
+    checkpoint raises :class:`NotTrained` instead of training for hours.
+    """
+
+    def __init__(self, plan_: Plan, train: bool = True, keep: int = 2) -> None:
+        self.plan, self.train, self.keep = plan_, train, keep
+        self.meta = run_metadata(plan_.device)
+        self._originals: OrderedDict[int, ClipModel] = OrderedDict()
+        self._adapted: OrderedDict[tuple[int, int], tuple[ClipModel, DefenseContext]] = OrderedDict()
+        self._settings: OrderedDict[tuple[int, int, int], _Setting] = OrderedDict()
+        self._source: tuple[ClipModel | None, DefenseContext | None, tuple[Defense, ...]] | None = None
+
+    def _remember(self, cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = make()
+        cache[key] = value
+        while len(cache) > self.keep:
+            cache.popitem(last=False)
+        return value
+
+    def original(self, m: int) -> ClipModel:
+        plan_ = self.plan
+        return self._remember(self._originals, m, lambda: plan_.models[m].load(plan_.device, download=plan_.request.download))
+
+    def adapted(self, m: int, d: int) -> tuple[ClipModel, DefenseContext]:
+        """Model ``m`` after defense ``d``'s training-time parts, and the defense context."""
+        def make() -> tuple[ClipModel, DefenseContext]:
+            request, original = self.plan.request, self.original(m)
+            context = DefenseContext(cache_dir() / "defenses", self.plan.device, request.seed, request.data_root, original)
             model = original
-            for part in defense.parts:
+            for part in self.plan.defenses[d].parts:
+                if not self.train and part.kind() == "training" and not part.is_cached(model, context):
+                    raise NotTrained(f"{part.name} is not trained for {self.plan.models[m].name} in this cache")
                 model = part.adapt_model(model, context)
-            for dataset_plugin, dataset, indices in plan_.datasets:
-                data_choice = plan_.data_choices[dataset_plugin.name]
-                classifier, defended = defended_pipeline(model, defense.parts, dataset, context, device)
-                source_classifier = None
-                if source is not None:
-                    source_classifier = ZeroShotClassifier.build(source, dataset.classnames, dataset.templates).to(device)
-                    for part in source_wrappers:
-                        source_classifier = part.wrap(source_classifier, source_context)  # type: ignore[arg-type]
-                target_mode, superclasses = plan_.label_spaces[dataset_plugin.name]
-                # the label space the attack runs in: its parameters (AutoAttack's sub-attacks and target
-                # counts) are recorded as they take effect there, on the superclasses of a superclass cell
-                attacked_classes = len(superclasses.superclasses) if superclasses is not None else dataset.num_classes
-                broken: dict[tuple[str, str], dict[int, int]] = {}  # cascade: (track, ε) → {index: adv_pred}
-                earlier: dict[tuple[str, str], list[str]] = {}  # cascade: attacks already run at (track, ε)
-                data_spec = DataSpec(
-                    dataset=dataset_plugin.name,
-                    split=dataset.split,
-                    n_samples=len(indices),
-                    indices_sha256=indices_sha256(indices),
-                    selection=data_choice.selection if len(indices) < len(dataset) else "all",
-                    resolution=describe_resolution(dataset, indices, model),
-                    preset=data_choice.preset,
-                    templates=data_choice.templates,
-                    n_requested=data_choice.n_requested,
-                    fingerprint=source_fingerprint(dataset_plugin),
-                )
-                for requested, track in ((a, t) for a in plan_.attacks for t in defense.tracks):
-                    attack = adaptive_budget(requested, request) if track == "adaptive" else requested
-                    eot = defense.eot_draws if track == "adaptive" else 1
-                    stage = (track, attack.threat.eps_label)
-                    cascade_after = tuple(earlier.get(stage, ()))
-                    protocol = Protocol(
-                        model=PluginRef(model_plugin.name, original.fingerprint),
-                        defense=defense.ref(),
-                        attack=PluginRef(attack.spec, attack.cls.version,
-                                         attack.build(eot).params(attacked_classes), source_fingerprint(attack.cls)),
-                        threat=attack.threat,
-                        data=data_spec,
-                        seed=request.seed,
-                        batch_size=request.batch_size,
-                        track=track,  # type: ignore[arg-type]
-                        eot_draws=eot,
-                        defense_loss=(track == "adaptive" and provides_objective(defended)
-                                      and "defense_loss" in attack.cls.honours),
-                        start="oblivious" if track == "adaptive" and "start" in attack.cls.honours else "attack",
-                        source=_source_ref(plan_, source),
-                        target=target_mode,
-                        superclasses=superclasses.record() if superclasses is not None else None,
-                        cascade_after=cascade_after,
-                        eval_draws=defense.eval_draws,
-                        bpda=defense.non_differentiable if track == "adaptive" else (),
-                        versions=versions,
-                    )
-                    if on_cell:
-                        on_cell(protocol, len(indices))
-                    cell = Cell(protocol, model, attack, classifier, defended, dataset, indices, device, source_classifier,
-                                 superclasses, broken.get(stage, {}), request.eps_sweep, defense.parts, original,
-                                 request.save_adversarials and attack.cls.name != "none")
-                    outcome = run_cell(cell, request.output, meta, on_advance, on_wait)
-                    outcomes.append(outcome)
-                    if request.cascade:
-                        earlier.setdefault(stage, []).append(attack.spec)
-                        done = outcome.rows[~outcome.rows["robust"]]
-                        broken.setdefault(stage, {}).update(zip(done["sample_index"].tolist(), done["adv_pred"].tolist()))
-    return outcomes
+            return model, context
+        return self._remember(self._adapted, (m, d), make)
+
+    def source(self) -> tuple[ClipModel | None, DefenseContext | None, tuple[Defense, ...]]:
+        if self._source is None:
+            self._source = _defended_source(self.plan)
+        return self._source
+
+    def setting(self, m: int, d: int, s: int) -> _Setting:
+        def make() -> _Setting:
+            plan_ = self.plan
+            model, context = self.adapted(m, d)
+            defense = plan_.defenses[d]
+            dataset_plugin, dataset, indices = plan_.datasets[s]
+            data_choice = plan_.data_choices[dataset_plugin.name]
+            classifier, defended = defended_pipeline(model, defense.parts, dataset, context, plan_.device)
+            source, source_context, source_wrappers = self.source()
+            source_classifier = None
+            if source is not None:
+                source_classifier = ZeroShotClassifier.build(source, dataset.classnames, dataset.templates).to(plan_.device)
+                for part in source_wrappers:
+                    source_classifier = part.wrap(source_classifier, source_context)  # type: ignore[arg-type]
+            target_mode, superclasses = plan_.label_spaces[dataset_plugin.name]
+            data_spec = DataSpec(
+                dataset=dataset_plugin.name,
+                split=dataset.split,
+                n_samples=len(indices),
+                indices_sha256=indices_sha256(indices),
+                selection=data_choice.selection if len(indices) < len(dataset) else "all",
+                resolution=describe_resolution(dataset, indices, model),
+                preset=data_choice.preset,
+                templates=data_choice.templates,
+                n_requested=data_choice.n_requested,
+                fingerprint=source_fingerprint(dataset_plugin),
+            )
+            return _Setting(model, self.original(m), classifier, defended, source_classifier, superclasses, target_mode,
+                            data_spec)
+        return self._remember(self._settings, (m, d, s), make)
+
+    def protocol(self, key: CellKey, cascade_after: tuple[str, ...] = ()) -> Protocol:
+        """The cell's full protocol record (its hash is the cell id and names its file)."""
+        plan_ = self.plan
+        setting = self.setting(key.model, key.defense, key.dataset)
+        defense, attack, track = plan_.defenses[key.defense], plan_.attack_for(key), key.track
+        eot = defense.eot_draws if track == "adaptive" else 1
+        # the label space the attack runs in: its parameters (AutoAttack's sub-attacks and target counts)
+        # are recorded as they take effect there, on the superclasses of a superclass cell
+        return Protocol(
+            model=PluginRef(plan_.models[key.model].name, setting.original.fingerprint),
+            defense=defense.ref(),
+            attack=PluginRef(attack.spec, attack.cls.version, attack.build(eot).params(plan_.attacked_classes(key)),
+                             source_fingerprint(attack.cls)),
+            threat=attack.threat,
+            data=setting.data_spec,
+            seed=plan_.request.seed,
+            batch_size=plan_.request.batch_size,
+            track=track,  # type: ignore[arg-type]
+            eot_draws=eot,
+            defense_loss=(track == "adaptive" and provides_objective(setting.defended)
+                          and "defense_loss" in attack.cls.honours),
+            start="oblivious" if track == "adaptive" and "start" in attack.cls.honours else "attack",
+            source=_source_ref(plan_, self.source()[0]),
+            target=setting.target_mode,
+            superclasses=setting.superclasses.record() if setting.superclasses is not None else None,
+            cascade_after=cascade_after,
+            eval_draws=defense.eval_draws,
+            bpda=defense.non_differentiable if track == "adaptive" else (),
+            versions=self.meta["versions"],
+        )
+
+    def run_job(self, job: tuple[CellKey, ...], on_cell: Callable[[Protocol, int], None] | None = None,
+                on_advance: Callable[[int], None] | None = None,
+                on_wait: Callable[[str], None] | None = None) -> list[CellOutcome]:
+        """Compute (or read) the cells of one job in order; a cascade chain passes on what each attack broke."""
+        plan_, outcomes = self.plan, []
+        broken: dict[int, int] = {}  # cascade: sample index → adv_pred of an earlier attack of the chain
+        earlier: list[str] = []
+        for key in job:
+            setting = self.setting(key.model, key.defense, key.dataset)
+            defense, attack = plan_.defenses[key.defense], plan_.attack_for(key)
+            protocol = self.protocol(key, tuple(earlier))
+            indices = plan_.datasets[key.dataset][2]
+            if on_cell:
+                on_cell(protocol, len(indices))
+            cell = Cell(protocol, setting.model, attack, setting.classifier, setting.defended, plan_.datasets[key.dataset][1],
+                        indices, plan_.device, setting.source_classifier, setting.superclasses, dict(broken),
+                        plan_.request.eps_sweep, defense.parts, setting.original,
+                        plan_.request.save_adversarials and attack.cls.name != "none")
+            outcome = run_cell(cell, plan_.request.output, self.meta, on_advance, on_wait)
+            outcomes.append(outcome)
+            if plan_.request.cascade:
+                earlier.append(attack.spec)
+                done = outcome.rows[~outcome.rows["robust"]]
+                broken.update(zip(done["sample_index"].tolist(), done["adv_pred"].tolist()))
+        return outcomes
 
 
 def defended_pipeline(model: ClipModel, parts: tuple[Defense, ...], dataset: ZeroShotDataset, context: DefenseContext,
@@ -212,3 +293,91 @@ def _source_ref(plan_: Plan, source: ClipModel | None) -> PluginRef | None:
     defense = plan_.source_defense
     params = {} if defense is None else {"defense": defense.spec, "defense_params": {p.name: p.params() for p in defense.parts}}
     return PluginRef(plan_.source.name, source.fingerprint, params)
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def job_cost(plan_: Plan, job: tuple[CellKey, ...]) -> float:
+    """A job's estimated cost in model calls, a backward counted as two forwards (longest-first
+    scheduling and shard balancing use it; its unit cancels)."""
+    return sum(f + 2 * b for f, b in (plan_.estimated_passes(key) for key in job))
+
+
+def shard_jobs(plan_: Plan, index: int, count: int) -> list[tuple[CellKey, ...]]:
+    """The jobs of ``--shard index/count``: :func:`vlmbench.plan.shard` balanced on :func:`job_cost`."""
+    jobs = plan_.jobs()
+    return shard(jobs, [job_cost(plan_, job) for job in jobs], index, count)
+
+
+@dataclass(frozen=True)
+class CellPreview:
+    """What running one cell would do (``vlmbench plan``): its status in the output folder and cost.
+
+    ``status``: ``complete`` (its file exists), ``partial`` (``batches_done`` of ``batches`` staged),
+    ``pending``, or ``needs training`` (a training-time defense is not in the checkpoint cache; the
+    cell id is unknown until it is trained, so its status is not looked up).
+    """
+
+    key: CellKey
+    label: str
+    images: int
+    forward: float  # estimated model calls over the cell's images
+    backward: float
+    status: str
+    batches_done: int = 0
+    batches: int = 0
+    cell_id: str | None = None
+
+
+def preview(plan_: Plan, jobs: list[tuple[CellKey, ...]] | None = None) -> list[CellPreview]:
+    """The cells of ``jobs`` (default: all) with their status in the output folder and estimated cost;
+    loads the models (for their fingerprints, part of each cell's id) but trains and attacks nothing."""
+    bench = Workbench(plan_, train=False)
+    output, batch_size = plan_.request.output, plan_.request.batch_size
+    previews = []
+    for job in plan_.jobs() if jobs is None else jobs:
+        earlier: list[str] = []
+        for key in job:
+            n = plan_.n_images_of(key)
+            forward, backward = plan_.estimated_passes(key)
+            batches = -(-n // batch_size)
+            base = dict(key=key, label=plan_.label(key), images=n, forward=forward, backward=backward, batches=batches)
+            try:
+                protocol = bench.protocol(key, tuple(earlier))
+            except NotTrained:
+                previews.append(CellPreview(**base, status="needs training"))  # type: ignore[arg-type]
+                continue
+            finally:
+                if plan_.request.cascade:
+                    earlier.append(plan_.attacks[key.attack].spec)
+            cell_id = protocol.cell_hash()
+            if (output / cell_filename(protocol)).exists():
+                status, done = "complete", batches
+            else:
+                staged = output / results.PARTIAL_DIR / cell_id
+                done = len(list(staged.glob("*.parquet"))) if staged.is_dir() else 0
+                status = "partial" if done else "pending"
+            previews.append(CellPreview(**base, status=status, batches_done=done, cell_id=cell_id))  # type: ignore[arg-type]
+    return previews
+
+
+def measured_seconds_per_call(output: Path, model: str, device: str) -> tuple[float, int] | None:
+    """``(seconds per model call, cells measured)`` from the finished cells of ``model`` in ``output``
+    that ran on ``device`` (run metadata): their batches' wall time over their model calls (attack
+    forwards and backwards, and the evaluation forwards). None when no such cell exists."""
+    seconds = calls = 0.0
+    cells = 0
+    for path in sorted(output.glob("*.parquet")) if output.is_dir() else []:
+        try:
+            if results.run_metadata_of(path).get("device") != device:
+                continue
+            rows = results.read_file(path).select(["model", "time_s", "forward_passes", "backward_passes", "eval_draws"]).to_pandas()
+        except (results.ResultsError, KeyError, ValueError):
+            continue
+        if rows.empty or rows["model"].iloc[0] != model:
+            continue
+        seconds += float(rows["time_s"].sum())
+        calls += float((rows["forward_passes"] + 2 * rows["backward_passes"] + 2 * rows["eval_draws"]).sum())
+        cells += 1
+    return (seconds / calls, cells) if calls > 0 else None

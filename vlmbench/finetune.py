@@ -506,6 +506,11 @@ class FineTuneDefense(Defense):
         self.settings = settings
         return finetune(self, model, context, settings)
 
+    def is_cached(self, model: ClipModel, context: DefenseContext) -> bool:
+        """Whether the checkpoint for ``model`` is finished in the cache (nothing is trained)."""
+        folder = checkpoint_folder(self, model, context, resolve_settings(self.config, self.presets(), model))[0]
+        return load_cached(folder, model, check_only=True) is not None
+
     def params(self) -> dict[str, Any]:
         """The configuration, and after :meth:`adapt_model` the resolved settings it trained with."""
         params = super().params()
@@ -606,13 +611,29 @@ def _adapted(model: ClipModel, state: dict[str, torch.Tensor]) -> ClipModel:
     return ClipModel(model.name, module, model.tokenizer, model.preprocess, parameter_fingerprint(module))
 
 
-def load_cached(folder: Path, model: ClipModel) -> ClipModel | None:
-    """The fine-tuned model stored in ``folder``, or None when training has not finished there."""
+def load_cached(folder: Path, model: ClipModel, check_only: bool = False) -> ClipModel | None:
+    """The fine-tuned model stored in ``folder``, or None when training has not finished there
+    (``check_only``: ``model`` itself when it has, without loading the weights)."""
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / RECORD_FILE).is_file():
         return None
+    if check_only:
+        return model
     from safetensors.torch import load_file
 
     return _adapted(model, load_file(str(folder / WEIGHTS_FILE), device=str(next(model.module.parameters()).device)))
+
+
+def checkpoint_folder(defense: FineTuneDefense, model: ClipModel, context: DefenseContext, settings: Settings
+                      ) -> tuple[Path, dict[str, Any], dict[str, ClipModel], TrainingSet, list[Phase], int]:
+    """Where ``defense``'s checkpoint for ``model`` lives, and what determines it: ``(folder, key,
+    references, training set, phases, seed)``. Resolves everything the key needs, trains nothing."""
+    seed = context.seed + getattr(defense.config, "seed", 0)
+    refs = defense.references(model, context, settings)
+    data = training_set(settings.data, context.data_root, model.preprocess.size[0])
+    phases = list(defense.phases(settings))
+    prepared = defense.prepare(model, data, context, settings)
+    key = training_key(defense, model, refs, data, settings, phases, seed, prepared)
+    return checkpoint_dir(context.cache_dir, defense.name, key), key, refs, data, phases, seed
 
 
 def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext, settings: Settings,
@@ -631,13 +652,7 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
         The fine-tuned :class:`ClipModel` (frozen, float32) with a new fingerprint.
     """
     device = context.device
-    seed = context.seed + getattr(defense.config, "seed", 0)
-    refs = defense.references(model, context, settings)
-    data = training_set(settings.data, context.data_root, model.preprocess.size[0])
-    phases = defense.phases(settings)
-    prepared = defense.prepare(model, data, context, settings)
-    key = training_key(defense, model, refs, data, settings, phases, seed, prepared)
-    folder = checkpoint_dir(context.cache_dir, defense.name, key)
+    folder, key, refs, data, phases, seed = checkpoint_folder(defense, model, context, settings)
     defense.checkpoint = folder
     cached = load_cached(folder, model)
     if cached is not None:

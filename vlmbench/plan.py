@@ -188,14 +188,99 @@ class Plan:
 
     @property
     def n_cells(self) -> int:
-        return len(self.models) * sum(len(d.tracks) for d in self.defenses) * len(self.datasets) * len(self.attacks)
+        return len(self.cells())
 
     @property
     def n_images(self) -> int:
         """Images to evaluate over all cells (for progress bars)."""
-        per_dataset_set = sum(len(indices) for _, _, indices in self.datasets)
-        cells_per_model = sum(len(d.tracks) for d in self.defenses) * len(self.attacks)
-        return len(self.models) * cells_per_model * per_dataset_set
+        return sum(self.n_images_of(key) for key in self.cells())
+
+    def n_images_of(self, key: CellKey) -> int:
+        return len(self.datasets[key.dataset][2])
+
+    def cells(self) -> list[CellKey]:
+        """Every cell, in the local executor's order: model, defense, dataset, then each attack (and ε)
+        on each of the defense's tracks."""
+        return [CellKey(m, d, s, a, track)
+                for m in range(len(self.models)) for d, defense in enumerate(self.defenses)
+                for s in range(len(self.datasets)) for a in range(len(self.attacks)) for track in defense.tracks]
+
+    def jobs(self) -> list[tuple[CellKey, ...]]:
+        """The cells grouped into the units an executor schedules, in :meth:`cells` order: one cell
+        each, except under ``--cascade``, where the attacks of one (model, defense, dataset, track, ε)
+        form one chain that runs in order in one place (each attacks only what the earlier left)."""
+        if not self.request.cascade:
+            return [(key,) for key in self.cells()]
+        chains: dict[tuple[Any, ...], list[CellKey]] = {}
+        for key in self.cells():
+            stage = (key.model, key.defense, key.dataset, key.track, self.attacks[key.attack].threat.eps_label)
+            chains.setdefault(stage, []).append(key)
+        return [tuple(chain) for chain in chains.values()]
+
+    def label(self, key: CellKey) -> str:
+        """``model / defense / dataset / attack ε / track``: the cell in words, for progress and plans."""
+        attack = self.attacks[key.attack]
+        return (f"{self.models[key.model].name} / {self.defenses[key.defense].spec} / {self.datasets[key.dataset][0].name} / "
+                f"{attack.spec} {attack.threat.eps_label} / {key.track}")
+
+    def attack_for(self, key: CellKey) -> AttackChoice:
+        """The cell's attack as it runs: with the adaptive track's step budget on that track."""
+        attack = self.attacks[key.attack]
+        return adaptive_budget(attack, self.request) if key.track == "adaptive" else attack
+
+    def attacked_classes(self, key: CellKey) -> int:
+        """Classes of the label space the cell's attack runs in (superclasses on a superclass cell)."""
+        plugin, dataset, _ = self.datasets[key.dataset]
+        superclasses = self.label_spaces.get(plugin.name, ("", None))[1]
+        return len(superclasses.superclasses) if superclasses is not None else dataset.num_classes
+
+    def estimated_passes(self, key: CellKey) -> tuple[float, float]:
+        """Planning estimate of the cell's ``(forward, backward)`` model calls over all its images:
+        the attack's own (:meth:`vlmbench.attack.Attack.estimated_passes`, EOT draws on the adaptive
+        track), the oblivious start of an adaptive attack, and the evaluation forwards (clean and
+        adversarial, each ``eval_draws`` times). A test-time defense multiplies each call by its own
+        inference cost (measured per cell, recorded as ``inference_passes``)."""
+        attack, defense = self.attack_for(key), self.defenses[key.defense]
+        classes = self.attacked_classes(key)
+        eot = defense.eot_draws if key.track == "adaptive" else 1
+        forward, backward = attack.build(eot).estimated_passes(classes)
+        if key.track == "adaptive" and "start" in attack.cls.honours:
+            start = attack.build().estimated_passes(classes)
+            forward, backward = forward + start[0], backward + start[1]
+        forward += 2 * defense.eval_draws
+        n = self.n_images_of(key)
+        return forward * n, backward * n
+
+
+@dataclass(frozen=True, order=True)
+class CellKey:
+    """A cell's place in its plan: indices into :attr:`Plan.models`, ``defenses``, ``datasets`` and
+    ``attacks`` (one per attack and ε), and the track. The cell's identity (its protocol hash) needs the
+    loaded model; the key does not, so plans, shards and schedulers use it."""
+
+    model: int
+    defense: int
+    dataset: int
+    attack: int
+    track: str
+
+
+def shard(jobs: list[tuple[CellKey, ...]], costs: list[float], index: int, count: int) -> list[tuple[CellKey, ...]]:
+    """The jobs of shard ``index`` of ``count`` (1-based), in their original order.
+
+    Longest-processing-time first: jobs sorted by decreasing cost (ties by position) each go to the
+    shard with the least cost so far (ties: the lowest index). Every shard computes the same
+    assignment from the same plan, so the shards are disjoint and together are the whole plan.
+    """
+    if not 1 <= index <= count:
+        raise RunError(f"--shard {index}/{count}: write I/N with 1 ≤ I ≤ N")
+    loads = [0.0] * count
+    owner = [0] * len(jobs)
+    for position in sorted(range(len(jobs)), key=lambda k: (-costs[k], k)):
+        target = min(range(count), key=lambda s: (loads[s], s))
+        owner[position] = target
+        loads[target] += costs[position]
+    return [job for job, who in zip(jobs, owner) if who == index - 1]
 
 
 def plan(request: RunRequest) -> Plan:
@@ -359,10 +444,12 @@ def _resolve_attack(spec: str, eps: str, request: RunRequest, names: list[str]) 
 def resolve_defense(spec: str, request: RunRequest) -> DefenseChoice:
     registry = plugins().defenses
     names = spec.split("+")
+    everyone = [part for other in request.defenses for part in other.split("+")] if spec in request.defenses else names
     parts = []
     for name in names:
         cls: type[Defense] = registry.get(name)
-        mine = _assignments_for(name, names, request.defense_params, "defense")
+        # NAME.key=value reaches NAME only, even when another defense of the request is being resolved
+        mine = _assignments_for(name, everyone, request.defense_params, "defense")
         parts.append(cls(build_config(cls.Config, mine, f"defense {name!r}")))
     test_time = any(part.is_test_time() for part in parts)
     if request.source_model is not None:

@@ -143,3 +143,11 @@ def check_cached_weights(specs: tuple[str, ...], download: bool) -> None:
                 continue  # a checkpoint file, or a spec vlmbench.resolve explains
         if not weights_are_local(model_name, tag):
             raise ModelLoadError(missing_weights_message(spec))
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"I/N"`` → ``(I, N)``, this process's part I of N (1 ≤ I ≤ N); OptionError otherwise."""
+    left, _, right = spec.partition("/")
+    if not (left.strip().isdigit() and right.strip().isdigit()) or not 1 <= int(left) <= int(right):
+        raise OptionError(f"--shard {spec!r}: write I/N with 1 ≤ I ≤ N (this process runs part I of N)")
+    return int(left), int(right)

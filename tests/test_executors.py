@@ -1,0 +1,147 @@
+"""Executors and the planner: cells as keys, jobs, shards (disjoint, balanced, together the whole run),
+`vlmbench plan` (status and costs that match what a run does), and the planner never trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vlmbench import cell as cell_module
+from vlmbench import results
+from vlmbench.cli import app
+from vlmbench.execute import preview, shard_jobs
+from vlmbench.plan import CellKey, RunRequest, plan, shard
+
+BASE = ["--model", "tiny-world", "--dataset", "world-shape,world-size", "--attack", "pgd-2,none", "--eps", "1/255,2/255",
+        "--samples", "6", "--batch-size", "4", "--threads", "1", "--no-eps-sweep"]
+TIMINGS = [c for c in results.SCHEMA.names if "time_s" in c]  # wall-clock columns differ run to run
+
+
+def invoke(plugin: Path, command: str, output: Path, *extra: str):
+    return CliRunner().invoke(app, [command, *BASE, "--plugin", str(plugin), "--output", str(output), *extra])
+
+
+def text(result) -> str:
+    """The output with its line wrapping undone (rich wraps at the terminal's width)."""
+    return " ".join(result.output.split())
+
+
+def rows_of(output: Path) -> pd.DataFrame:
+    rows = results.load_results(output).drop(columns=TIMINGS)
+    return rows.sort_values(["cell_id", "sample_index"]).reset_index(drop=True)
+
+
+def test_shard_is_a_deterministic_balanced_partition():
+    jobs = [(CellKey(0, 0, s, 0, "oblivious"),) for s in range(7)]
+    costs = [5.0, 1.0, 1.0, 4.0, 2.0, 2.0, 1.0]
+    parts = [shard(jobs, costs, i, 3) for i in (1, 2, 3)]
+    assert sorted(job for part in parts for job in part) == sorted(jobs)  # disjoint and complete
+    assert parts == [shard(jobs, costs, i, 3) for i in (1, 2, 3)]  # the same plan gives the same shards
+    loads = [sum(costs[jobs.index(job)] for job in part) for part in parts]
+    assert max(loads) - min(loads) <= max(costs)  # longest-first greedy: within one job of balanced
+    assert all(part == sorted(part, key=jobs.index) for part in parts)  # each shard keeps the plan's order
+    assert shard(jobs, costs, 1, 1) == jobs and shard(jobs[:1], costs[:1], 2, 2) == []
+    with pytest.raises(Exception, match="I/N"):
+        shard(jobs, costs, 4, 3)
+
+
+def test_jobs_chain_the_cascade_and_estimates_match_the_passes_a_run_records(tiny_model_plugin_file, tmp_path):
+    from vlmbench.registry import plugins
+
+    plugins().load_source(str(tiny_model_plugin_file))
+    request = RunRequest(models=("tiny-world",), attacks=("pgd-2", "none"), datasets=("world-shape",), eps=("1/255",),
+                         n_samples=6, output=tmp_path / "out", eps_sweep=False)
+    the_plan = plan(request)
+    assert the_plan.jobs() == [(key,) for key in the_plan.cells()] and the_plan.n_cells == 2
+    chained = plan(RunRequest(**{**vars(request), "cascade": True, "eps": ("1/255", "2/255")}))
+    assert [len(job) for job in chained.jobs()] == [2, 2]  # pgd-2 then none, per ε
+    assert {chained.attacks[k.attack].threat.eps_label for k in chained.jobs()[1]} == {"2/255"}
+    from vlmbench.runner import execute
+
+    outcomes = execute(the_plan)
+    for key, outcome in zip(the_plan.cells(), outcomes):
+        forward, backward = the_plan.estimated_passes(key)
+        rows = outcome.rows
+        evaluation = 2 * rows["eval_draws"].sum()  # clean and adversarial forwards, not in forward_passes
+        assert forward == pytest.approx(rows["forward_passes"].sum() + evaluation)
+        assert backward == pytest.approx(rows["backward_passes"].sum())
+    assert [p.status for p in preview(the_plan)] == ["complete", "complete"]
+
+
+def test_two_shards_together_equal_the_unsharded_run(tiny_model_plugin_file, tmp_path):
+    whole = invoke(tiny_model_plugin_file, "run", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    first = invoke(tiny_model_plugin_file, "run", tmp_path / "sharded", "--shard", "1/2")
+    assert first.exit_code == 0, first.output
+    n_first = len(list((tmp_path / "sharded").glob("*.parquet")))
+    assert "(shard 1/2 of 8)" in first.output and 0 < n_first < 8
+    second = invoke(tiny_model_plugin_file, "run", tmp_path / "sharded", "--shard", "2/2")
+    assert second.exit_code == 0 and "(0 already complete" in second.output  # no cell of shard 1 again
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("*.parquet")) == sorted(p.name for p in (tmp_path / "whole").glob("*.parquet"))
+    pd.testing.assert_frame_equal(rows_of(tmp_path / "sharded"), rows_of(tmp_path / "whole"))
+
+
+def test_plan_shows_status_and_counts_and_runs_nothing(tiny_model_plugin_file, tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    dry = invoke(tiny_model_plugin_file, "plan", output)
+    assert dry.exit_code == 0, dry.output
+    assert "plan: 8 cells" in text(dry) and "0 complete, 0 partial, 8 pending, 0 needs training" in text(dry)
+    assert "to compute: 48 images" in text(dry) and "no throughput measured" in text(dry)
+    assert not output.exists() or not list(output.rglob("*.parquet"))  # nothing ran
+
+    calls = {"n": 0}
+    real = cell_module.run_batch
+
+    def crash_on_fourth_batch(*args, **kwargs):  # 2 batches per cell: the second cell stops half-way
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cell_module, "run_batch", crash_on_fourth_batch)
+    assert invoke(tiny_model_plugin_file, "run", output).exit_code != 0
+    monkeypatch.setattr(cell_module, "run_batch", real)
+    after = invoke(tiny_model_plugin_file, "plan", output)
+    assert "1 complete, 1 partial, 6 pending" in text(after), after.output
+    assert "partial 1/2 batches" in text(after) and "to compute: 42 images" in text(after)
+    assert "ms per model call measured over 1 finished cells" in text(after)
+
+    sharded = invoke(tiny_model_plugin_file, "plan", output, "--shard", "2/3")
+    assert sharded.exit_code == 0 and "(shard 2/3 of 8)" in text(sharded)
+    bad = invoke(tiny_model_plugin_file, "plan", output, "--shard", "3/2")
+    assert bad.exit_code == 2 and "--shard '3/2': write I/N" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_plan_never_trains_a_defense_it_reports_as_needing_training(tiny_model_plugin_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMBENCH_CACHE", str(tmp_path / "cache"))
+    result = invoke(tiny_model_plugin_file, "plan", tmp_path / "out", "--defense", "none,tecoa", "--defense-param", "tecoa.preset=world")
+    assert result.exit_code == 0, result.output
+    assert "8 pending, 8 needs training" in text(result)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # no checkpoint was trained
+
+
+def test_shard_jobs_cover_the_plan(tiny_model_plugin_file, tmp_path):
+    from vlmbench.registry import plugins
+
+    plugins().load_source(str(tiny_model_plugin_file))
+    the_plan = plan(RunRequest(models=("tiny-world",), attacks=("pgd-2", "none"), datasets=("world-shape", "world-size"),
+                               eps=("1/255", "2/255"), n_samples=6, output=tmp_path / "out", cascade=True))
+    parts = [shard_jobs(the_plan, i, 3) for i in (1, 2, 3)]
+    assert sorted(job for part in parts for job in part) == sorted(the_plan.jobs())
+    assert all(len(job) == 2 for part in parts for job in part)  # cascade chains are never split
+
+
+def test_a_named_defense_parameter_reaches_only_its_defense(tmp_path):
+    """`--defense none,tecoa --defense-param tecoa.preset=world` (a matrix's per-defense parameter) configures
+    tecoa and leaves `none` alone; a bare key=value with several defenses is ambiguous."""
+    from vlmbench.plan import RunError
+
+    the_plan = plan(RunRequest(defenses=("none", "tecoa"), defense_params=("tecoa.preset=world",), datasets=("world-shape",),
+                               n_samples=2, output=tmp_path / "out"))
+    assert [d.parts[0].config.preset for d in the_plan.defenses[1:]] == ["world"]
+    with pytest.raises(RunError, match="ambiguous"):
+        plan(RunRequest(defenses=("none", "tecoa"), defense_params=("preset=world",), datasets=("world-shape",),
+                        output=tmp_path / "out"))
