@@ -15,7 +15,8 @@ from test_datasets_real import COOP_STYLE, cifar10, coop_split, dtd, no_md5, pca
 from vlmbench.cli import app
 from vlmbench.data import DatasetNotFoundError
 from vlmbench.datasets import real, text
-from vlmbench.presets import PRESETS, balanced_indices, get_preset
+from vlmbench.data import balanced_indices
+from vlmbench.presets import PRESETS, get_preset
 from vlmbench.protocol import Protocol
 from vlmbench.registry import plugins
 from vlmbench.runner import RunError, RunRequest, plan

@@ -255,7 +255,7 @@ class _Cells:
         self._done: dict[str, dict[str, pd.DataFrame]] = {}
 
     def request(self, attack: str, eps: Sequence[str], **changes: Any) -> Any:
-        from vlmbench.runner import RunRequest
+        from vlmbench.request import RunRequest
 
         s = self.settings
         base = RunRequest(models=(s.model,), defenses=(self.defense,), attacks=(attack,), datasets=(s.dataset,),

@@ -146,7 +146,11 @@ def run(
     eps_sweep: Annotated[bool, typer.Option(help="Quick ε sweep per cell (2ε, 4ε on 16 images) for the eps-not-monotone flag.")] = True,
     save_adversarials: Annotated[bool, typer.Option("--save-adversarials", help="Store each attacked cell's adversarial images beside its Parquet file (CELL.adv.npz), for `results verify`.")] = False,
     shard: Annotated[str | None, typer.Option(help="Run only part I of N of the cells (I/N): deterministic and balanced on estimated cost; the N parts are disjoint and together the whole run (SLURM arrays, one process per GPU).")] = None,
+    matrix: Annotated[Path | None, typer.Option(help="A matrix file (TOML, docs/matrix.md): the whole request in one file; besides it only --shard, --executor, --ray-address, --threads, --device, --data-root and --plugin may be given.")] = None,
+    executor: Annotated[str, typer.Option(help="Where cells run: local (this process) or ray (one worker per GPU of a Ray cluster; vlmbench[ray]).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default: start a local instance). --executor ray only.")] = None,
     plugin: PluginOption = None,
+    ctx: typer.Context = None,  # type: ignore[assignment]
 ) -> None:
     """Evaluate models × defenses × attacks × datasets × ε and write per-sample Parquet."""
     _run_or_plan(dry=False, **locals())
@@ -164,82 +168,57 @@ plan.__annotations__ = dict(run.__annotations__)
 app.command("plan")(user_errors(plan))
 
 
-def _run_or_plan(dry: bool, model: list[str] | None, defense: list[str] | None, attack: list[str] | None,
-                 dataset: list[str] | None, protocol: str | None, eps: list[str] | None, norm: str, step_size: str | None,
-                 restarts: int, random_start: bool, samples: int | None, selection: str, split: str | None, seed: int,
-                 batch_size: int, device: str, threads: int | None, data_root: Path | None, download: bool, output: Path,
-                 attack_param: list[str] | None, defense_param: list[str] | None, track: str | None, eot: int | None,
-                 eval_draws: int | None, adaptive_steps: int | None, source_model: str | None, source_defense: str | None,
-                 target: str | None, superclasses: str | None, cascade: bool, eps_sweep: bool, save_adversarials: bool,
-                 shard: str | None, plugin: list[str] | None) -> None:
-    from vlmbench.preflight import parse_shard, split_values, validate_request_options
+# the options that may stand beside --matrix (they say where and how, not what, to run)
+MATRIX_COMPANIONS = ("shard", "executor", "ray_address", "threads", "device", "data_root", "plugin")
 
-    _load_plugin_sources(plugin)  # before the names are checked: its plugins count
-    models, defenses = split_values(model, "--model"), split_values(defense, "--defense")
-    attacks, datasets, radii = split_values(attack, "--attack"), split_values(dataset, "--dataset"), split_values(eps, "--eps")
-    validate_request_options(
-        models=models, source_model=source_model, download=download, defenses=defenses, attacks=attacks,
-        datasets=datasets, eps=radii, norm=norm, step_size=step_size, restarts=restarts, samples=samples,
-        selection=selection, seed=seed, batch_size=batch_size, threads=threads, track=track, eot=eot, eval_draws=eval_draws,
-        adaptive_steps=adaptive_steps,
-        source_defense=source_defense,
-    )
-    part = parse_shard(shard) if shard is not None else None
-    from vlmbench.resolve import resolve_model
 
-    for spec in (*models, *([source_model] if source_model else [])):  # registered plugins' weights: before any work
-        resolve_model(spec).check_weights(download)
+def _run_or_plan(dry: bool, ctx: typer.Context, **options: Any) -> None:
+    """``vlmbench run`` (``dry``: ``vlmbench plan``): the request from the options or a matrix file,
+    its plans, this shard's jobs, then the local or Ray executor."""
+    from vlmbench.preflight import parse_shard
+
+    _load_plugin_sources(options["plugin"])  # before the names are checked: its plugins count
+    given = {name for name in options if ctx is not None and ctx.get_parameter_source(name) is not None
+             and ctx.get_parameter_source(name).name in ("COMMANDLINE", "ENVIRONMENT")}
+    if options["matrix"] is not None:
+        requests, settings = _matrix_requests(options, given)
+    else:
+        requests, settings = [_request_from_options(options)], {}
+    for name in ("shard", "executor", "ray_address", "threads"):  # the command line overrides the file
+        if name in given or name not in settings:
+            settings[name] = options[name]
+    if settings["executor"] not in ("local", "ray"):
+        raise VlmbenchError(f"--executor {settings['executor']!r}: choose local or ray")
+    if settings["ray_address"] is not None and settings["executor"] != "ray":
+        raise VlmbenchError("--ray-address needs --executor ray")
+    part = parse_shard(settings["shard"]) if settings["shard"] is not None else None
+    if settings["executor"] == "ray":
+        from vlmbench.preflight import check_ray_installed, probe_ray_address
+
+        check_ray_installed()
+        if settings["ray_address"] is not None:
+            probe_ray_address(settings["ray_address"])  # an unreachable cluster: one line, before any work
     import pandas as pd  # the heavy imports come only after the options passed
     import torch
 
-    from vlmbench.runner import RunRequest, execute, plan
+    from vlmbench.execute import job_cost
+    from vlmbench.plan import shard
+    from vlmbench.runner import execute, plan
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    defaults = RunRequest()
-    request = RunRequest(
-        models=models or defaults.models,
-        defenses=defenses or defaults.defenses,
-        attacks=attacks or defaults.attacks,
-        datasets=datasets or (("*",) if protocol else defaults.datasets),
-        eps=radii or defaults.eps,
-        norm=norm,
-        step_size=step_size,
-        restarts=restarts,
-        random_start=random_start,
-        n_samples=samples,
-        selection=selection,
-        seed=seed,
-        batch_size=batch_size,
-        split=split,
-        device=device,
-        data_root=data_root,
-        download=download,
-        protocol=protocol,
-        output=output,
-        attack_params=tuple(attack_param or ()),
-        defense_params=tuple(defense_param or ()),
-        track=track,
-        eot_draws=eot,
-        eval_draws=eval_draws,
-        adaptive_steps=adaptive_steps,
-        source_model=source_model,
-        source_defense=source_defense,
-        target=target,
-        superclasses=superclasses,
-        cascade=cascade,
-        eps_sweep=eps_sweep,
-        save_adversarials=save_adversarials,
-    )
-    the_plan = plan(request)
-    from vlmbench.execute import shard_jobs
-
-    jobs = shard_jobs(the_plan, *part) if part is not None else the_plan.jobs()
+    if settings["threads"] is not None:
+        torch.set_num_threads(settings["threads"])
+    plans = [plan(request) for request in requests]
+    work = [(index, job) for index, plan_ in enumerate(plans) for job in plan_.jobs()]
+    total = len(work) and sum(len(job) for _, job in work)
+    if part is not None:
+        work = shard(work, [job_cost(plans[index], job) for index, job in work], *part)
+    where = f" (shard {part[0]}/{part[1]} of {total})" if part is not None else ""
     if dry:
-        print_plan(the_plan, jobs, part)
+        print_plan(plans, work, where)
         return
-    notes: list[str] = list(getattr(the_plan, "notes", []))
+    notes = [note for plan_ in plans for note in plan_.notes]
     print_notes(notes)
+    outputs = sorted({str(plan_.request.output) for plan_ in plans})
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -249,64 +228,150 @@ def _run_or_plan(dry: bool, model: list[str] | None, defense: list[str] | None, 
         console=err_console,
         transient=False,
     ) as progress:
-        task = progress.add_task("loading model", total=sum(the_plan.n_images_of(key) for job in jobs for key in job))
+        task = progress.add_task("loading model", total=sum(plans[i].n_images_of(key) for i, job in work for key in job))
+        advance = lambda k: progress.advance(task, k)  # noqa: E731
 
         def on_cell(protocol: Any, n: int) -> None:
             desc = f"{protocol.data.dataset} · {protocol.model.name} · {protocol.defense.name} · {protocol.attack.name} ε={protocol.threat.eps_label}"
             progress.update(task, description=desc)
 
-        from vlmbench.finetune import reporting
+        if settings["executor"] == "ray":
+            from vlmbench.ray_executor import execute_on_ray
 
-        with reporting(_training_progress(progress)):  # fine-tuning of training-time defenses
-            outcomes = execute(the_plan, on_cell=on_cell, on_advance=lambda k: progress.advance(task, k),
-                               on_wait=lambda message: progress.console.print(f"note: {message}", highlight=False),
-                               jobs=jobs)
+            outcomes = execute_on_ray(
+                plans, work, settings["ray_address"], tuple(options["plugin"] or ()) + tuple(settings.get("plugin", ())),
+                settings["threads"], on_advance=advance,
+                on_started=lambda n: progress.update(task, description=f"{len(work)} jobs on {n} Ray workers"),
+                on_note=lambda message: progress.console.print(f"note: {message}", highlight=False))
+        else:
+            from vlmbench.finetune import reporting
+
+            outcomes = []
+            with reporting(_training_progress(progress)):  # fine-tuning of training-time defenses
+                for index, plan_ in enumerate(plans):
+                    jobs = [job for i, job in work if i == index]
+                    if jobs:
+                        outcomes += execute(plan_, on_cell=on_cell, on_advance=advance, jobs=jobs,
+                                            on_wait=lambda message: progress.console.print(f"note: {message}", highlight=False))
         progress.update(task, description="done")
-    print_report(pd.concat([o.rows for o in outcomes], ignore_index=True))
+    if outcomes:
+        print_report(pd.concat([o.rows for o in outcomes], ignore_index=True))
     cached = sum(o.status == "cached" for o in outcomes)
     resumed = sum(o.status == "resumed" for o in outcomes)
-    where = f" (shard {part[0]}/{part[1]} of {the_plan.n_cells})" if part is not None else ""
     console.print(
-        f"{len(outcomes)} cells{where} ({cached} already complete, {resumed} resumed) → {output}/", highlight=False
+        f"{len(outcomes)} cells{where} ({cached} already complete, {resumed} resumed) → {', '.join(o + '/' for o in outputs)}",
+        highlight=False,
     )
     print_notes(notes)  # again, where the eye lands after the tables
 
 
-def print_plan(the_plan: Any, jobs: list[Any], part: tuple[int, int] | None) -> None:
+def _request_from_options(o: dict[str, Any]) -> Any:
+    """The :class:`~vlmbench.request.RunRequest` of ``vlmbench run``'s options, checked option by option."""
+    from vlmbench.preflight import split_values, validate_request_options
+    from vlmbench.request import RunRequest
+
+    models, defenses = split_values(o["model"], "--model"), split_values(o["defense"], "--defense")
+    attacks, datasets, radii = split_values(o["attack"], "--attack"), split_values(o["dataset"], "--dataset"), split_values(o["eps"], "--eps")
+    validate_request_options(
+        models=models, source_model=o["source_model"], download=o["download"], defenses=defenses, attacks=attacks,
+        datasets=datasets, eps=radii, norm=o["norm"], step_size=o["step_size"], restarts=o["restarts"], samples=o["samples"],
+        selection=o["selection"], seed=o["seed"], batch_size=o["batch_size"], threads=o["threads"], track=o["track"],
+        eot=o["eot"], eval_draws=o["eval_draws"], adaptive_steps=o["adaptive_steps"], source_defense=o["source_defense"],
+    )
+    from vlmbench.resolve import resolve_model
+
+    for spec in (*models, *([o["source_model"]] if o["source_model"] else [])):  # registered plugins' weights: before any work
+        resolve_model(spec).check_weights(o["download"])
+    defaults = RunRequest()
+    return RunRequest(
+        models=models or defaults.models,
+        defenses=defenses or defaults.defenses,
+        attacks=attacks or defaults.attacks,
+        datasets=datasets or (("*",) if o["protocol"] else defaults.datasets),
+        eps=radii or defaults.eps,
+        norm=o["norm"],
+        step_size=o["step_size"],
+        restarts=o["restarts"],
+        random_start=o["random_start"],
+        n_samples=o["samples"],
+        selection=o["selection"],
+        seed=o["seed"],
+        batch_size=o["batch_size"],
+        split=o["split"],
+        device=o["device"],
+        data_root=o["data_root"],
+        download=o["download"],
+        protocol=o["protocol"],
+        output=o["output"],
+        attack_params=tuple(o["attack_param"] or ()),
+        defense_params=tuple(o["defense_param"] or ()),
+        track=o["track"],
+        eot_draws=o["eot"],
+        eval_draws=o["eval_draws"],
+        adaptive_steps=o["adaptive_steps"],
+        source_model=o["source_model"],
+        source_defense=o["source_defense"],
+        target=o["target"],
+        superclasses=o["superclasses"],
+        cascade=o["cascade"],
+        eps_sweep=o["eps_sweep"],
+        save_adversarials=o["save_adversarials"],
+    )
+
+
+def _matrix_requests(o: dict[str, Any], given: set[str]) -> tuple[list[Any], dict[str, Any]]:
+    """The requests and run options of ``--matrix FILE``; other request options beside it are refused
+    (one place says what runs), and ``--device`` / ``--data-root`` given beside it apply to every entry."""
+    import dataclasses
+
+    from vlmbench.matrix import load_matrix
+
+    clash = sorted(name for name in given if name not in (*MATRIX_COMPANIONS, "matrix"))
+    if clash:
+        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        raise VlmbenchError(f"{flags} given with --matrix {o['matrix']}: the matrix file says what to run; set "
+                            f"{'it' if len(clash) == 1 else 'them'} in the file (docs/matrix.md)")
+    loaded = load_matrix(o["matrix"])
+    overrides = {field: o[name] for name, field in (("device", "device"), ("data_root", "data_root")) if name in given}
+    return [dataclasses.replace(r, **overrides) for r in loaded.requests], dict(loaded.run_options)
+
+
+def print_plan(plans: list[Any], work: list[Any], where: str) -> None:
     """``vlmbench plan``: one row per cell (status, images, estimated model calls), then the totals
-    and the time estimate."""
+    and a time estimate per model from the throughput measured in the output folder on this device."""
     from vlmbench.execute import measured_seconds_per_call, preview, run_metadata
 
-    cells = preview(the_plan, jobs)
-    table = Table(title=f"plan: {len(cells)} cells" + (f" (shard {part[0]}/{part[1]} of {the_plan.n_cells})" if part else ""),
-                  title_justify="left")
+    cells = [(index, cell) for index, plan_ in enumerate(plans)
+             for cell in preview(plan_, [job for i, job in work if i == index])]
+    table = Table(title=f"plan: {len(cells)} cells{where}", title_justify="left")
     for column, justify in (("cell", "left"), ("images", "right"), ("forward", "right"), ("backward", "right"), ("status", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for cell in cells:
+    for _, cell in cells:
         status = f"partial {cell.batches_done}/{cell.batches} batches" if cell.status == "partial" else cell.status
         table.add_row(cell.label, str(cell.images), f"{cell.forward:,.0f}", f"{cell.backward:,.0f}", status)
     console.print(table)
-    counts = {s: sum(c.status == s for c in cells) for s in ("complete", "partial", "pending", "needs training")}
-    todo = [c for c in cells if c.status != "complete"]
-    forward, backward = sum(c.forward for c in todo), sum(c.backward for c in todo)
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; to compute: {sum(c.images for c in todo):,} images, "
+    counts = {s: sum(c.status == s for _, c in cells) for s in ("complete", "partial", "pending", "needs training")}
+    todo = [(index, c) for index, c in cells if c.status != "complete"]
+    forward, backward = sum(c.forward for _, c in todo), sum(c.backward for _, c in todo)
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; to compute: {sum(c.images for _, c in todo):,} images, "
                   f"{forward:,.0f} forward and {backward:,.0f} backward model calls (estimates: an attack that stops early "
                   "does fewer; a test-time defense multiplies each call by its inference cost)", highlight=False)
-    device = run_metadata(the_plan.device)["device"]
-    for index, model in enumerate(the_plan.models):
-        mine = [c for c in todo if c.key.model == index]
-        if not mine:
-            continue
-        rate = measured_seconds_per_call(the_plan.request.output, model.name, device)
+    by_model: dict[tuple[str, str, str], float] = {}
+    for index, c in todo:
+        plan_ = plans[index]
+        model = plan_.models[c.key.model].name
+        slot = (model, str(plan_.request.output), run_metadata(plan_.device)["device"])
+        by_model[slot] = by_model.get(slot, 0.0) + c.forward + 2 * c.backward
+    for (model, output, device), calls in by_model.items():
+        rate = measured_seconds_per_call(Path(output), model, device)
         if rate is None:
-            console.print(f"{model.name}: no throughput measured on {device} in {the_plan.request.output}/ (run a few "
-                          "cells first); no time estimate", highlight=False)
+            console.print(f"{model}: no throughput measured on {device} in {output}/ (run a few cells first); no time "
+                          "estimate", highlight=False)
             continue
-        calls = sum(c.forward + 2 * c.backward for c in mine)
-        console.print(f"{model.name}: about {_duration(calls * rate[0])} on {device} ({rate[0] * 1e3:.2f} ms per model call "
-                      f"measured over {rate[1]} finished cells in {the_plan.request.output}/)", highlight=False)
+        console.print(f"{model}: about {_duration(calls * rate[0])} on {device} ({rate[0] * 1e3:.2f} ms per model call "
+                      f"measured over {rate[1]} finished cells in {output}/)", highlight=False)
     if counts["needs training"]:
-        console.print("cells marked 'needs training' first fine-tune their defense (vlmbench train), not counted above",
+        console.print("cells marked 'needs training' first fine-tune their defense (vlmbench train), which these figures leave out",
                       highlight=False)
 
 

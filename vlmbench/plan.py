@@ -5,7 +5,6 @@ computed. Every name, ε and parameter is checked here, before any model runs.
 
 from __future__ import annotations
 
-import fnmatch
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,113 +18,19 @@ from vlmbench.paths import cache_dir
 from vlmbench.config import build_config
 from vlmbench.data import DatasetNotFoundError, DatasetPlugin, ZeroShotDataset
 from vlmbench.defense import Defense
-from vlmbench.errors import VlmbenchError
+from vlmbench.request import (DEFAULT_ADAPTIVE_STEPS, DEFAULT_EOT_DRAWS, DEFAULT_EVAL_DRAWS, RunError,  # noqa: F401 (re-exported)
+                              RunRequest)
+from vlmbench.preflight import expand_datasets
 from vlmbench.fingerprint import combined, source_fingerprint
 from vlmbench.models import ModelPlugin
 from vlmbench.resolve import resolve_model
 from vlmbench.datasets.text import with_templates
 from vlmbench.preflight import validate_request_options
-from vlmbench.presets import (PresetDataset, Resized, balanced_indices, dataset_labels, get_preset,
-                              missing_datasets_error)
+from vlmbench.data import Resized, balanced_indices, dataset_labels, missing_datasets_error
+from vlmbench.presets import PresetDataset, get_preset
 from vlmbench.protocol import (PluginRef, ThreatModel)
-from vlmbench.registry import PluginError, plugins, unknown_name_message
+from vlmbench.registry import plugins
 from vlmbench.targets import UNTARGETED, SuperclassMap, parse_target, resolve_superclasses
-
-
-class RunError(VlmbenchError):
-    """A run request that cannot be carried out (bad combination of options, unusable output path...)."""
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What the user asked for; list-valued fields expand to a matrix (their product).
-
-    Attributes:
-        models, defenses, attacks, datasets, eps: names/specs; ``datasets`` entries may be glob
-            patterns over registered names (``world-*``); a defense may be a ``+``-joined composition.
-        norm: ``linf`` or ``l2``.
-        step_size: override of the default step-size rule (``1/255`` or a float), or None.
-        restarts: random restarts per attack.
-        random_start: start attacks at a random point of the ball.
-        n_samples: images per dataset (None: the whole split).
-        selection: ``first`` (indices 0..n-1), ``random`` (a seeded sample, kept in index order) or
-            ``balanced`` (seeded, class-balanced).
-        seed: base seed.
-        batch_size: images per batch.
-        split: dataset split (None: each dataset's default).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        data_root: root of real datasets.
-        download: fetch missing datasets whose own loader can download them (never otherwise).
-        protocol: a protocol preset (:mod:`vlmbench.presets`): it fixes datasets (``datasets``
-            then filters them), splits, sample counts, selection, templates and resolution.
-        output: results folder.
-        attack_params, defense_params: ``key=value`` plugin parameters (``NAME.key=value`` when
-            several plugins are given).
-        track: ``oblivious``, ``adaptive`` or ``both``; None: ``both`` for a defense with a test-time
-            part, else ``oblivious`` (the two coincide without one).
-        eot_draws: EOT draws on the adaptive track of a stochastic defense (None: 10); always 1 for a
-            deterministic one.
-        eval_draws: forward draws scoring a random defense, majority vote and expectation (None: 10);
-            always 1 for a deterministic one.
-        adaptive_steps: on the adaptive track, iterative attacks that can start from the oblivious
-            result (PGD, CW) run at least this many steps (None: :data:`DEFAULT_ADAPTIVE_STEPS`; 0: the
-            attack's own steps). The steps that ran are recorded (``threat.steps``).
-        source_model: craft every attack on this model instead (transfer track; replaces ``track``).
-        source_defense: defend the source model with this defense (training-time weights and
-            test-time wrappers) before crafting on it.
-        target: ``random``, ``least-likely``, a class index or name (targeted attacks), or None.
-        superclasses: craft against the superclass label space of this mapping (a name the dataset
-            offers, or a JSON file; :mod:`vlmbench.targets`), or None.
-        cascade: attack with each later attack only the samples every earlier attack of the request
-            (same ε, track, dataset) left robust, as AutoAttack does; recorded as ``cascade_after``.
-        eps_sweep: measure the per-cell ``eps-not-monotone`` flag with a quick sweep (the cell's
-            attack at 2ε and 4ε on the first images).
-        save_adversarials: store each attacked cell's adversarial images beside its Parquet file
-            (:func:`adversarial_filename`; docs/results-schema.md, "Adversarial images"). Run
-            metadata, not protocol: it does not change the cell id.
-    """
-
-    models: tuple[str, ...] = ("world-vit",)
-    defenses: tuple[str, ...] = ("none",)
-    attacks: tuple[str, ...] = ("pgd-10",)
-    datasets: tuple[str, ...] = ("world-*",)
-    eps: tuple[str, ...] = ("1/255",)  # Protocol A (TeCoA, PMG-AFT, TTC, HPT-GPD) main setting
-    norm: str = "linf"
-    step_size: str | None = None
-    restarts: int = 1
-    random_start: bool = True
-    n_samples: int | None = None
-    selection: str = "first"
-    seed: int = 0
-    batch_size: int = 128
-    split: str | None = None
-    device: str = "auto"
-    data_root: Path | None = None
-    output: Path = Path("results")
-    attack_params: tuple[str, ...] = ()
-    defense_params: tuple[str, ...] = ()
-    track: str | None = None
-    eot_draws: int | None = None
-    eval_draws: int | None = None
-    adaptive_steps: int | None = None
-    source_model: str | None = None
-    source_defense: str | None = None
-    download: bool = False
-    protocol: str | None = None
-    target: str | None = None
-    superclasses: str | None = None
-    cascade: bool = False
-    eps_sweep: bool = True
-    save_adversarials: bool = False
-
-
-DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018: EOT over ≥ 10 draws for random defenses
-
-
-DEFAULT_ADAPTIVE_STEPS = 40  # measured: benchmarks/adaptive_convergence.py (README, "Test-time defenses")
-
-
-DEFAULT_EVAL_DRAWS = 10  # majority vote over this many draws scores a random defense (issue: one draw
 
 
 @dataclass(frozen=True)
@@ -402,21 +307,6 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def _expand_datasets(patterns: tuple[str, ...]) -> list[str]:
-    known = plugins().datasets.names()
-    chosen: list[str] = []
-    for pattern in patterns:
-        matches = fnmatch.filter(known, pattern) if any(c in pattern for c in "*?[") else [pattern]
-        if not matches:
-            raise PluginError(f"no dataset matches {pattern!r}; known: {', '.join(known)}")
-        for name in matches:
-            if name not in known:
-                raise PluginError(unknown_name_message("dataset", name, known))
-            if name not in chosen:
-                chosen.append(name)
-    return chosen
-
-
 def _resolve_attack(spec: str, eps: str, request: RunRequest, names: list[str]) -> AttackChoice:
     """``names``: the base names of every attack of the request (to route ``NAME.key=value``)."""
     registry = plugins().attacks
@@ -487,14 +377,14 @@ def _dataset_entries(request: RunRequest) -> list[tuple[PresetDataset, DataChoic
     from ``--protocol`` (``datasets`` patterns then filter the preset's list), or from the options."""
     if request.protocol is None:
         choice = DataChoice(request.selection)
-        return [(PresetDataset(name, request.split, request.n_samples), choice) for name in _expand_datasets(request.datasets)]
+        return [(PresetDataset(name, request.split, request.n_samples), choice) for name in expand_datasets(request.datasets)]
     preset = get_preset(request.protocol)
     fixed = {"--samples": request.n_samples is not None, "--split": request.split is not None,
              "--selection": request.selection != "first"}
     clashing = [option for option, given in fixed.items() if given]
     if clashing:
         raise RunError(f"--protocol {preset.name} fixes {', '.join(clashing)}; leave them out or run without --protocol")
-    wanted = set(_expand_datasets(request.datasets))
+    wanted = set(expand_datasets(request.datasets))
     entries = [entry for entry in preset.datasets if entry.name in wanted]
     if not entries:
         raise RunError(f"--dataset selects none of preset {preset.name!r}'s datasets: {', '.join(e.name for e in preset.datasets)}")

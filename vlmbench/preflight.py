@@ -151,3 +151,43 @@ def parse_shard(spec: str) -> tuple[int, int]:
     if not (left.strip().isdigit() and right.strip().isdigit()) or not 1 <= int(left) <= int(right):
         raise OptionError(f"--shard {spec!r}: write I/N with 1 ≤ I ≤ N (this process runs part I of N)")
     return int(left), int(right)
+
+
+def expand_datasets(patterns: tuple[str, ...]) -> list[str]:
+    """Registered dataset names matching ``patterns`` (names or globs such as ``world-*``), in order,
+    each once; PluginError for a pattern that matches nothing or an unknown name."""
+    known = plugins().datasets.names()
+    chosen: list[str] = []
+    for pattern in patterns:
+        matches = fnmatch.filter(known, pattern) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise PluginError(f"no dataset matches {pattern!r}; known: {', '.join(known)}")
+        for name in matches:
+            if name not in known:
+                raise PluginError(unknown_name_message("dataset", name, known))
+            if name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def probe_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once a ``HOST:PORT`` (or ``ray://HOST:PORT``) nobody listens on: Ray itself keeps
+    retrying such an address for minutes."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: Ray answers those itself, quickly
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise OptionError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start --head` "
+                       "running there, and the port open?)") from None
+
+
+def check_ray_installed() -> None:
+    """``--executor ray`` needs the optional Ray dependency; say so in one line before any work."""
+    from importlib.util import find_spec
+
+    if find_spec("ray") is None:
+        raise OptionError("--executor ray needs Ray: pip install 'vlmbench[ray]'")

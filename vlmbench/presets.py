@@ -39,15 +39,8 @@ Known deviations, stated rather than hidden:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-from PIL import Image
-
-from vlmbench.data import DatasetNotFoundError, ZeroShotDataset
 from vlmbench.errors import VlmbenchError
 from vlmbench.preflight import SELECTIONS
 from vlmbench.registry import unknown_name_message
@@ -132,80 +125,3 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise VlmbenchError(unknown_name_message("protocol preset", name, sorted(PRESETS)))
     return PRESETS[name]
-
-
-def missing_datasets_error(errors: Sequence[DatasetNotFoundError]) -> DatasetNotFoundError:
-    """One one-line error for all the missing datasets of a run, so that one attempt shows every fix.
-
-    One error is returned as is; several are joined with `` | `` after a count, and a trailing
-    parenthesis they all end with (such as the README pointer) is written once, at the end.
-    """
-    if len(errors) == 1:
-        return errors[0]
-    messages = [" ".join(str(error).split()) for error in errors]
-    tail = re.search(r" \([^()]*\)$", messages[0])
-    end = tail.group() if tail and all(m.endswith(tail.group()) for m in messages) else ""
-    joined = " | ".join(m.removesuffix(end) for m in messages) if end else " | ".join(messages)
-    return DatasetNotFoundError(f"{len(errors)} datasets missing or incomplete: {joined}{end}")
-
-
-class Resized(ZeroShotDataset):
-    """A view of ``dataset`` whose images are resized to ``size``×``size`` (bicubic, antialiased) at load.
-
-    Used for the ``224-before-attack`` convention: the attack's ε-ball then lives on the resized pixels.
-    Items stay ``float32`` in ``[0, 1]``; labels, class names and templates are the wrapped dataset's.
-    """
-
-    def __init__(self, dataset: ZeroShotDataset, size: int = 224) -> None:
-        self.inner = dataset
-        self.size = size
-        self.name, self.split = dataset.name, dataset.split
-        self.classnames, self.templates = dataset.classnames, dataset.templates
-        base = "" if dataset.pixels == "native" else f"{dataset.pixels}, then "
-        self.pixels = f"{base}resized to {size}x{size} before the attack (bicubic with antialias)"
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, label = self.inner[index]
-        if tuple(x.shape[1:]) != (self.size, self.size):
-            array = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            image = Image.fromarray(array).resize((self.size, self.size), Image.BICUBIC)
-            x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        return x, label
-
-    def labels(self) -> list[int]:
-        return dataset_labels(self.inner)
-
-
-def dataset_labels(dataset: ZeroShotDataset) -> list[int]:
-    """All labels of ``dataset``: from its ``labels()`` when it has one, else by reading every item."""
-    labels = getattr(dataset, "labels", None)
-    if callable(labels):
-        return list(labels())
-    return [int(dataset[i][1]) for i in range(len(dataset))]
-
-
-def balanced_indices(labels: list[int], n_samples: int, seed: int) -> list[int]:
-    """A seeded class-balanced sample of ``n_samples`` indices, in increasing order.
-
-    Each class contributes ``n // C`` images, and ``n % C`` classes drawn at random one more; a class
-    with too few images gives all it has and the shortfall is drawn round-robin from the others.
-    """
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels):
-        by_class.setdefault(label, []).append(index)
-    queues = [list(rng.permutation(by_class[c])) for c in sorted(by_class)]
-    order = rng.permutation(len(queues))
-    chosen: list[int] = []
-    while len(chosen) < n_samples:
-        progressed = False
-        for k in order:
-            if queues[k] and len(chosen) < n_samples:
-                chosen.append(int(queues[k].pop(0)))
-                progressed = True
-        if not progressed:
-            break
-    return sorted(chosen)

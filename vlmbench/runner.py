@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from vlmbench.cell import CellOutcome
 from vlmbench.execute import execute
-from vlmbench.plan import Plan, RunError, RunRequest, plan
+from vlmbench.plan import Plan, plan
+from vlmbench.request import RunError, RunRequest
 
 __all__ = ["CellOutcome", "Plan", "RunError", "RunRequest", "execute", "plan"]
