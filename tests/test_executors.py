@@ -145,3 +145,17 @@ def test_a_named_defense_parameter_reaches_only_its_defense(tmp_path):
     with pytest.raises(RunError, match="ambiguous"):
         plan(RunRequest(defenses=("none", "tecoa"), defense_params=("preset=world",), datasets=("world-shape",),
                         output=tmp_path / "out"))
+
+
+def test_the_world_matrix_plans_the_committed_world_entry_as_complete(tmp_path, monkeypatch):
+    """matrices/world.toml against the committed entry's results: every cell the planner can identify
+    without training is found complete (its id, computed from the matrix, names a committed file), and
+    the training-time defenses, not in this test's empty checkpoint cache, are reported, not trained."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("VLMBENCH_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["plan", "--matrix", str(root / "matrices" / "world.toml"),
+                                      "--output", str(root / "leaderboards" / "submissions" / "world" / "results")])
+    assert result.exit_code == 0, result.output
+    # none: 6 datasets x 2 attacks x 2 eps; ttc, scc, clipure_cos: 6 x 2 x 1 eps x 2 tracks; six trained defenses x 24
+    assert "96 complete, 0 partial, 0 pending, 144 needs training" in text(result)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))

@@ -146,7 +146,7 @@ def run(
     eps_sweep: Annotated[bool, typer.Option(help="Quick ε sweep per cell (2ε, 4ε on 16 images) for the eps-not-monotone flag.")] = True,
     save_adversarials: Annotated[bool, typer.Option("--save-adversarials", help="Store each attacked cell's adversarial images beside its Parquet file (CELL.adv.npz), for `results verify`.")] = False,
     shard: Annotated[str | None, typer.Option(help="Run only part I of N of the cells (I/N): deterministic and balanced on estimated cost; the N parts are disjoint and together the whole run (SLURM arrays, one process per GPU).")] = None,
-    matrix: Annotated[Path | None, typer.Option(help="A matrix file (TOML, docs/matrix.md): the whole request in one file; besides it only --shard, --executor, --ray-address, --threads, --device, --data-root and --plugin may be given.")] = None,
+    matrix: Annotated[Path | None, typer.Option(help="A matrix file (TOML, docs/matrix.md): the whole request in one file; besides it only --shard, --executor, --ray-address, --threads, --device, --data-root, --output and --plugin may be given (they override the file).")] = None,
     executor: Annotated[str, typer.Option(help="Where cells run: local (this process) or ray (one worker per GPU of a Ray cluster; vlmbench[ray]).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default: start a local instance). --executor ray only.")] = None,
     plugin: PluginOption = None,
@@ -169,7 +169,7 @@ app.command("plan")(user_errors(plan))
 
 
 # the options that may stand beside --matrix (they say where and how, not what, to run)
-MATRIX_COMPANIONS = ("shard", "executor", "ray_address", "threads", "device", "data_root", "plugin")
+MATRIX_COMPANIONS = ("shard", "executor", "ray_address", "threads", "device", "data_root", "output", "plugin")
 
 
 def _run_or_plan(dry: bool, ctx: typer.Context, **options: Any) -> None:
@@ -321,7 +321,8 @@ def _request_from_options(o: dict[str, Any]) -> Any:
 
 def _matrix_requests(o: dict[str, Any], given: set[str]) -> tuple[list[Any], dict[str, Any]]:
     """The requests and run options of ``--matrix FILE``; other request options beside it are refused
-    (one place says what runs), and ``--device`` / ``--data-root`` given beside it apply to every entry."""
+    (one place says what runs), and ``--device``, ``--data-root`` and ``--output`` given beside it (where
+    to run, read and write) apply to every entry."""
     import dataclasses
 
     from vlmbench.matrix import load_matrix
@@ -332,7 +333,7 @@ def _matrix_requests(o: dict[str, Any], given: set[str]) -> tuple[list[Any], dic
         raise VlmbenchError(f"{flags} given with --matrix {o['matrix']}: the matrix file says what to run; set "
                             f"{'it' if len(clash) == 1 else 'them'} in the file (docs/matrix.md)")
     loaded = load_matrix(o["matrix"])
-    overrides = {field: o[name] for name, field in (("device", "device"), ("data_root", "data_root")) if name in given}
+    overrides = {name: o[name] for name in ("device", "data_root", "output") if name in given}
     return [dataclasses.replace(r, **overrides) for r in loaded.requests], dict(loaded.run_options)
 
 
