@@ -159,3 +159,26 @@ def test_the_world_matrix_plans_the_committed_world_entry_as_complete(tmp_path, 
     # none: 6 datasets x 2 attacks x 2 eps; ttc, scc, clipure_cos: 6 x 2 x 1 eps x 2 tracks; six trained defenses x 24
     assert "96 complete, 0 partial, 0 pending, 144 needs training" in text(result)
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_run_and_plan_take_a_matrix_file_and_refuse_what_the_file_decides(tiny_model_plugin_file, tmp_path):
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(f'plugin = ["{tiny_model_plugin_file}"]\nmodel = "tiny-world"\ndataset = "world-shape"\n'
+                      'attack = ["pgd-2", "none"]\nsamples = 4\nthreads = 1\neps-sweep = false\n'
+                      '[[include]]\ndataset = "world-size"\nattack = "pgd-2"\neps = "2/255"\n')
+    planned = CliRunner().invoke(app, ["plan", "--matrix", str(matrix), "--output", str(tmp_path / "out")])
+    assert planned.exit_code == 0, planned.output
+    assert "0 complete, 0 partial, 3 pending" in text(planned)
+    first = CliRunner().invoke(app, ["run", "--matrix", str(matrix), "--output", str(tmp_path / "out"), "--shard", "1/2"])
+    second = CliRunner().invoke(app, ["run", "--matrix", str(matrix), "--output", str(tmp_path / "out"), "--shard", "2/2"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert "of 3)" in text(first) and len(list((tmp_path / "out").glob("*.parquet"))) == 3
+    after = CliRunner().invoke(app, ["plan", "--matrix", str(matrix), "--output", str(tmp_path / "out")])
+    assert "3 complete, 0 partial, 0 pending" in text(after)
+    clash = CliRunner().invoke(app, ["run", "--matrix", str(matrix), "--samples", "8", "--attack", "cw-2"])
+    assert clash.exit_code == 2 and len(clash.output.strip().splitlines()) == 1
+    assert "--attack, --samples given with --matrix" in text(clash) and "set them in the file" in text(clash)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "tiny-world"\natack = "pgd-2"\n')
+    refused = CliRunner().invoke(app, ["run", "--matrix", str(bad)])
+    assert refused.exit_code == 2 and f"{bad}:2: unknown key 'atack'" in text(refused)

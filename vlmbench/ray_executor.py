@@ -4,7 +4,8 @@ One long-lived actor per GPU (or, on a cluster without GPUs, per CPU slot of ``-
 each request itself and keeps a :class:`~vlmbench.execute.Workbench` per request, so models, trained
 weights and text embeddings stay loaded between cells (Ray's GPU *tasks* would start a fresh worker per
 cell). The driver sends the jobs longest-first (:func:`~vlmbench.execute.job_cost`), one at a time to
-each idle actor, and advances one progress bar as jobs finish.
+each idle actor, preferring the longest job of the model and defense that actor has loaded, and
+advances one progress bar as jobs finish.
 
 The guarantees are the local executor's, because the actors run the same code
 (:meth:`Workbench.run_job <vlmbench.execute.Workbench.run_job>`) into the same output folder, which on
@@ -170,9 +171,24 @@ def execute_on_ray(plans: Sequence[Plan], work: Sequence[Work], address: str | N
             attempts[position] += 1
             running[worker.run.remote(index, job, labels)] = (position, worker)
 
+        loaded: dict[int, tuple[int, int, int]] = {}  # worker → (request, model, defense) it ran last
+
+        def setting(position: int) -> tuple[int, int, int]:
+            index, job = work[position]
+            return index, job[0].model, job[0].defense
+
+        def next_for(worker: Any) -> int:
+            """The longest job whose model and defense ``worker`` has loaded, else the longest job."""
+            mine = loaded.get(id(worker))
+            chosen = next((k for k, position in enumerate(order) if setting(position) == mine), 0)
+            return order.pop(chosen)
+
         while order or running:
             while order and idle:
-                submit(order.pop(0), idle.pop(0))
+                worker = idle.pop(0)
+                position = next_for(worker)
+                loaded[id(worker)] = setting(position)
+                submit(position, worker)
             ready, _ = ray.wait(list(running), num_returns=1)
             position, worker = running.pop(ready[0])
             try:
