@@ -182,3 +182,18 @@ def test_run_and_plan_take_a_matrix_file_and_refuse_what_the_file_decides(tiny_m
     bad.write_text('model = "tiny-world"\natack = "pgd-2"\n')
     refused = CliRunner().invoke(app, ["run", "--matrix", str(bad)])
     assert refused.exit_code == 2 and f"{bad}:2: unknown key 'atack'" in text(refused)
+
+
+def test_execution_makes_the_recorded_fp32_true_on_cuda(tmp_path):
+    """Rows say fp32: the workbench switches off TF32 (cuDNN's default is on) before any cell runs."""
+    import torch
+
+    from vlmbench.execute import Workbench
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        Workbench(plan(RunRequest(datasets=("world-shape",), n_samples=2, output=tmp_path / "out")), train=False)
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -175,12 +175,14 @@ def check_logits(logits: Any, n: int, classes: int, defense: str) -> None:
 
 
 def run_batch(cell: Cell, indices: list[int], seed: int, clean_seed: int,
-               adversarials: list[torch.Tensor] | None = None) -> pd.DataFrame:
+              adversarials: list[torch.Tensor] | None = None,
+              loaded: tuple[torch.Tensor, torch.Tensor] | None = None) -> pd.DataFrame:
     """One batch's rows. ``seed`` drives the attack and the adversarial predictions; ``clean_seed``
     the clean predictions (it does not depend on the track or attack: :func:`clean_identity`).
-    ``adversarials``, when given, receives the batch's evaluated adversarial images (on the CPU)."""
+    ``adversarials``, when given, receives the batch's evaluated adversarial images (on the CPU);
+    ``loaded``: the batch's images and labels when the caller has already loaded them."""
     protocol, attack, device = cell.protocol, cell.attack, cell.device
-    x, y = load_batch(cell, indices)
+    x, y = loaded if loaded is not None else load_batch(cell, indices)
     started = time.perf_counter()
     clean_pred, clean_draws = predict_draws(cell, x, clean_seed)
     torch.manual_seed(seed)  # test-time defenses draw from the global generator

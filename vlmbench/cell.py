@@ -208,13 +208,13 @@ def compute_cell(
     protocol, indices = cell.protocol, cell.indices
     cell_id = protocol.cell_hash()
     batch_size = protocol.batch_size
-    first = load_batch(cell, indices[:batch_size])[0]
+    first, first_labels = load_batch(cell, indices[:batch_size])  # loaded once: the checks and batch 0 share it
     torch.manual_seed(batch_seed(protocol.seed, cell_id, -3))
     with trace_steps() as seen, torch.no_grad():  # the defense's contract, before anything else uses it:
         logits = cell.defended(first)
     check_logits(logits, len(first), cell.classifier.num_classes, protocol.defense.name)  # (N, C), finite
     verify_declared_steps(cell.parts, seen)  # every declared step has its BPDA path, and no other
-    flags = measure_cell_flags(cell, indices[:batch_size], batch_seed(protocol.seed, cell_id, -1))
+    flags = measure_cell_flags(cell, first, first_labels, batch_seed(protocol.seed, cell_id, -1))
     encoders = [encoder_of(model) for model in (cell.model, cell.original) if model is not None]
     cost = inference_cost(cell.defended, cell.classifier, first, batch_seed(protocol.seed, cell_id, -2),
                           encoders=encoders, defense=protocol.defense.name)
@@ -231,7 +231,8 @@ def compute_cell(
         if frame is None:
             kept: list[torch.Tensor] | None = [] if cell.save_adversarials else None
             frame = run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start),
-                               batch_seed(protocol.seed, clean_id, start), kept)
+                              batch_seed(protocol.seed, clean_id, start), kept,
+                              loaded=(first, first_labels) if start == 0 else None)
             frame["flags"] = flags
             frame = frame.assign(**cost)
             if kept is not None:
@@ -317,9 +318,10 @@ def _read_part(path: Path, batch_indices: list[int]) -> pd.DataFrame | None:
     return frame if frame["sample_index"].tolist() == batch_indices else None
 
 
-def measure_cell_flags(cell: Cell, indices: list[int], seed: int) -> str:
+def measure_cell_flags(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int) -> str:
+    """The per-cell sanity flags (:func:`vlmbench.flags.cell_flags`, and the ε sweep) on the cell's
+    first batch ``x``, ``y``, as a ``;``-joined string."""
     torch.manual_seed(seed)
-    x, y = load_batch(cell, indices)
     labels = y if cell.superclasses is None else cell.superclasses.of(y)
     found = cell_flags(cell.defended, in_label_space(cell, crafting_model(cell)), x, labels,
                        declared_stochastic=cell.protocol.eval_draws > 1)

@@ -6,6 +6,7 @@ Resizing and normalisation happen inside :meth:`ZeroShotClassifier.forward`, so 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -40,9 +41,17 @@ def resize_and_normalize(x: torch.Tensor, preprocess: Preprocess) -> torch.Tenso
         )
         top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
         x = x[..., top : top + h, left : left + w]
-    mean = torch.tensor(preprocess.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean, std = _normalisation(tuple(preprocess.mean), tuple(preprocess.std), x.dtype, x.device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std as ``(1, 3, 1, 1)`` tensors, made once per device and dtype: building them on
+    every forward copied them from the host (a synchronising transfer on CUDA) at every attack step."""
+    return (torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1))
 
 
 _TEXT_CACHE: dict[str, torch.Tensor] = {}

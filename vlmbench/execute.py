@@ -110,6 +110,14 @@ class _Setting:
     data_spec: DataSpec
 
 
+def use_fp32() -> None:
+    """Make the ``fp32`` that every row records true on CUDA too: torch runs cuDNN convolutions in TF32 by
+    default (ResNet towers would silently attack in TF32), and a user or library may have switched TF32
+    matmuls on. A faster precision will be used only where its parity with fp32 has been measured."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 class NotTrained(VlmbenchError):
     """A training-time defense has no cached checkpoint and this workbench may not train."""
 
@@ -126,6 +134,7 @@ class Workbench:
 
     def __init__(self, plan_: Plan, train: bool = True, keep: int = 2) -> None:
         self.plan, self.train, self.keep = plan_, train, keep
+        use_fp32()
         self.meta = run_metadata(plan_.device)
         self._originals: OrderedDict[int, ClipModel] = OrderedDict()
         self._adapted: OrderedDict[tuple[int, int], tuple[ClipModel, DefenseContext]] = OrderedDict()
