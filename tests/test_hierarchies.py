@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -610,3 +611,20 @@ def test_stanford_cars_by_make():
     assert hierarchy_from_data("stanford-cars", Path("unused"), names).tree().levels == ("model", "make")
     with pytest.raises(HierarchyError, match=r"readers exist for cifar100, fgvc-aircraft, oxford-pets, stanford-cars"):
         hierarchy_from_data("dtd", Path("unused"), [])
+
+
+def test_a_new_hierarchy_file_never_changes_a_datasets_default(tmp_path, monkeypatch):
+    """`hierarchy=auto` takes the first of hierarchies_for: the dataset's named default, even when another
+    file covering the dataset sorts before it (a name such as 'a-forest')."""
+    import json
+
+    from vlmbench import hierarchy as module
+
+    for name in ("world", "world-forest"):
+        shutil.copy(module.HIERARCHIES_DIR / f"{name}.json", tmp_path / f"{name}.json")
+    earlier = json.loads((tmp_path / "world-forest.json").read_text())
+    earlier["name"] = "a-forest"
+    (tmp_path / "a-forest.json").write_text(json.dumps(earlier))
+    monkeypatch.setattr(module, "HIERARCHIES_DIR", tmp_path)
+    assert [h.name for h in module.hierarchies_for("world-combo")] == ["world", "a-forest", "world-forest"]
+    assert module.DEFAULT_HIERARCHY["imagenet"] == "wordnet" and module.DEFAULT_HIERARCHY["world-combo"] == "world"

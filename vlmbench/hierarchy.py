@@ -352,10 +352,21 @@ def _load_shipped(path: Path) -> Hierarchy:
     return load_hierarchy(path)
 
 
+# The hierarchy a dataset is trained and attacked with by default (``hierarchy=auto`` of the hierarchical
+# defense): named, so that shipping another file that covers the dataset never changes what a default means.
+DEFAULT_HIERARCHY: dict[str, str] = {
+    "world-combo": "world",
+    **{name: "wordnet" for name in ("imagenet", "imagenet-v2", "imagenet-sketch", "imagenet-r", "imagenet-a", "tinyimagenet")},
+}
+
+
 def hierarchies_for(dataset: str) -> list[Hierarchy]:
-    """The shipped hierarchies whose ``datasets`` include ``dataset``, in name order."""
+    """The shipped hierarchies whose ``datasets`` include ``dataset``: its default
+    (:data:`DEFAULT_HIERARCHY`) first, then the others in name order."""
     loaded = (_load_shipped(path) for path in shipped_hierarchies().values())
-    return [hierarchy for hierarchy in loaded if dataset in hierarchy.datasets]
+    covering = [hierarchy for hierarchy in loaded if dataset in hierarchy.datasets]
+    default = DEFAULT_HIERARCHY.get(dataset)
+    return sorted(covering, key=lambda hierarchy: hierarchy.name != default)  # stable: name order otherwise
 
 
 def parse_level_spec(spec: str) -> tuple[str, str | None, int]:
