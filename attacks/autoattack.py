@@ -215,6 +215,24 @@ class AutoAttackAdapter(Attack):
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv
 
+    def estimated_passes(self, num_classes: int) -> tuple[float, float]:
+        """Upper bound per image, as if every image survived to the last sub-attack (AutoAttack runs
+        each later one only on the images still robust): APGD iterations × restarts × EOT draws (×
+        targets for APGD-T) and FAB-T iterations × targets, a forward and a backward each; untargeted
+        FAB a backward per class (its Jacobian); Square's queries, forwards only."""
+        aa = self.configure(None, num_classes, None, "cpu")
+        forward = backward = 0.0
+        for sub in aa.attacks_to_run:
+            setting = describe_sub_attack(aa, sub, num_classes)
+            if sub == "square":
+                forward += setting["n_queries"] * setting["n_restarts"]
+                continue
+            calls = (setting["n_iter"] * setting["n_restarts"] * setting.get("n_target_classes", 1)
+                     * setting.get("eot_iter", 1))
+            forward += calls
+            backward += calls * (num_classes if sub == "fab" else 1)
+        return forward, backward
+
     def params(self, num_classes: int | None = None) -> dict[str, Any]:
         """Implementation and version, AutoAttack version, the sub-attacks that run on ``num_classes``
         classes with their settings, and the ones dropped with the reason."""

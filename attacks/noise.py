@@ -31,6 +31,10 @@ class RandomNoise(Attack):
     default_steps: ClassVar[int] = 10
     honours: ClassVar[frozenset[str]] = frozenset({"targeted"})
 
+    def estimated_passes(self, num_classes: int) -> tuple[float, float]:
+        """At most N forward draws per image, no backward."""
+        return float(self.threat.steps), 0.0
+
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
                 target: torch.Tensor | None = None) -> torch.Tensor:
         x_adv = x.clone()

@@ -197,3 +197,23 @@ def test_execution_makes_the_recorded_fp32_true_on_cuda(tmp_path):
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_attack_cost_estimates_bound_what_autoattack_and_noise_really_spend(tiny_model_plugin_file, tmp_path):
+    """AutoAttack and the noise baseline stop early per image: the planner's estimate is an upper bound of
+    the passes the rows record, and close to them where nothing stops early (the first sub-attack)."""
+    from vlmbench.registry import plugins
+    from vlmbench.runner import execute
+
+    plugins().load_source(str(tiny_model_plugin_file))
+    the_plan = plan(RunRequest(models=("tiny-world",), attacks=("aa-2", "noise-5"), datasets=("world-shape",),
+                               n_samples=4, output=tmp_path / "out", eps_sweep=False))
+    for key, outcome in zip(the_plan.cells(), execute(the_plan)):
+        forward, backward = the_plan.estimated_passes(key)
+        rows = outcome.rows
+        assert rows["forward_passes"].sum() + 2 * rows["eval_draws"].sum() <= forward
+        assert rows["backward_passes"].sum() <= backward
+        if rows["attack"].iloc[0].startswith("aa"):
+            assert forward > 4 * 100  # Square's 50 queries per step dominate the bound
+        else:
+            assert backward == 0
