@@ -50,6 +50,10 @@ TORCH_FREE = [
     (["run", "--adaptive-steps", "-1"], "bad number of adaptive steps -1 (--adaptive-steps)"),
     (["run", "--model", "ViT-B-32:openai"], "weights for model 'ViT-B-32:openai' are not in the local cache; rerun with --download"),
     (["run", "--model", "world-vit", "--source-model", "hf-hub:vlmbench/absent"], "weights for model 'hf-hub:vlmbench/absent' are not"),
+    (["run", "--matrix", "matrices/nosuch.toml"], "nosuch.toml"),
+    (["run", "--matrix", "matrices/world.toml", "--samples", "3"], "--samples given with --matrix"),
+    (["plan", "--matrix", "matrices/world.toml", "--executor", "ray", "--ray-address", "127.0.0.1:1"],
+     "cannot reach the Ray cluster at 127.0.0.1:1"),
 ]
 
 _SCRIPT = textwrap.dedent(
