@@ -76,12 +76,17 @@ def test_superclass_map_validation_and_pooling(tmp_path):
         SuperclassMap.from_groups("bad", {"a": ["cat", "dog"], "b": ["dog", "car", "truck", "ship"]}, CLASSES)
     with pytest.raises(TargetError, match="'plane' is not a class"):
         SuperclassMap.from_groups("bad", {"a": ["cat", "dog", "plane"], "b": ["car", "truck", "ship"]}, CLASSES)
-    # softmax over the pooled logits is the sum of the member classes' probabilities
-    logits = torch.randn(4, 5)
+    # the pooled argmax is the superclass of the leaf argmax: the attacked prediction is the scored one
+    logits = torch.randn(200, 5)
     pooled = SuperclassLogits(torch.nn.Identity(), mapping)(logits)
-    probs = logits.softmax(dim=1)
-    expected = torch.stack([probs[:, :2].sum(1), probs[:, 2:].sum(1)], dim=1)
-    assert torch.allclose(pooled.softmax(dim=1), expected, atol=1e-6)
+    assert torch.equal(pooled.argmax(dim=1), mapping.of(logits.argmax(dim=1)))
+    assert torch.equal(pooled, torch.stack([logits[:, :2].amax(1), logits[:, 2:].amax(1)], dim=1))
+    assert mapping.record()["pooling"] == "max"
+    # a case logsumexp pooling got wrong: three moderately likely animals outweigh the most likely class, a car
+    many = SuperclassMap.from_groups("av", {"animal": ["cat", "dog", "car"], "vehicle": ["truck", "ship"]}, CLASSES)
+    leaf = torch.tensor([[2.0, 2.0, 2.0, 2.5, -9.0]])
+    assert int(SuperclassLogits(torch.nn.Identity(), many)(leaf).argmax()) == int(many.of(leaf.argmax(dim=1)))
+    assert int(torch.logsumexp(leaf[:, :3], 1) > leaf[:, 3:].amax(1)) == 1  # the old rule picked 'animal'
     # from a JSON file, and a one-line error for an unknown name
     path = tmp_path / "av.json"
     path.write_text(json.dumps({"name": "animals-vehicles", "superclasses": groups}))

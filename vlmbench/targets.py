@@ -14,8 +14,10 @@ target in ``target`` and robust accuracy keeps its meaning (correct both clean a
 
 **Superclass attacks** (``--superclasses NAME|HIERARCHY:LEVEL|FILE.json``): the classes are grouped into superclasses
 (every class in exactly one). The attack is crafted against the superclass classifier whose logit for
-superclass ``s`` is ``logsumexp`` of its members' logits (the log of the summed class probabilities),
-with the true superclass as label, so any attack — AutoAttack included — applies unchanged. Rows keep
+superclass ``s`` is the largest of its members' logits, with the true superclass as label, so any attack —
+AutoAttack included — applies unchanged, and its argmax is the superclass of the leaf prediction: the attack
+aims at exactly what the rows score (``logsumexp`` pooling, used before, let an attack optimise and stop on
+a different prediction than the one scored; the record's ``pooling`` says which ran). Rows keep
 leaf predictions and add the superclass label and predictions, so both leaf and superclass accuracy are
 reported on the same images (the hierarchical-robustness threat, docs/provenance.md#hierarchical).
 
@@ -131,10 +133,12 @@ class SuperclassMap:
         return cls(name, tuple(groups), tuple(assignment))
 
     def record(self) -> dict[str, object]:
-        """The protocol record: name, superclass names, the class → superclass assignment and its hash."""
+        """The protocol record: name, superclass names, the class → superclass assignment and its hash, and
+        the pooling of member logits the attack saw (``max``; cells of the earlier ``logsumexp`` pooling,
+        which recorded none, are never reused)."""
         digest = hashlib.sha256(json.dumps([self.superclasses, self.assignment]).encode()).hexdigest()[:16]
         return {"name": self.name, "superclasses": list(self.superclasses), "assignment": list(self.assignment),
-                "sha256": digest}
+                "sha256": digest, "pooling": POOLING}
 
     def of(self, labels: torch.Tensor) -> torch.Tensor:
         """Superclass label of every class label (``-1`` stays ``-1``)."""
@@ -221,10 +225,15 @@ def hierarchy_level(spec: str, classnames: Sequence[str], dataset: str, data_roo
     return tree.superclass_map(level, classnames, hierarchy.name)
 
 
-class SuperclassLogits(torch.nn.Module):
-    """``logits (N,C) -> superclass logits (N,S)``: ``logsumexp`` of each superclass's members' logits.
+POOLING = "max"  # how SuperclassLogits pools member logits; recorded with every superclass cell
 
-    Differentiable; softmax over the result is the sum of member probabilities.
+
+class SuperclassLogits(torch.nn.Module):
+    """``logits (N,C) -> superclass logits (N,S)``: the largest of each superclass's members' logits.
+
+    Its argmax is the superclass of the leaf argmax, the prediction a superclass cell scores, so an
+    attack on it (AutoAttack's check of which images are still correct, its early stop) aims at that
+    prediction. Differentiable almost everywhere (the gradient reaches each superclass's top member).
     """
 
     def __init__(self, inner: torch.nn.Module, mapping: SuperclassMap) -> None:
@@ -243,4 +252,4 @@ class SuperclassLogits(torch.nn.Module):
 
     def pool(self, logits: torch.Tensor) -> torch.Tensor:
         expanded = logits[:, None, :].masked_fill(~self.mask.to(logits.device)[None], float("-inf"))
-        return torch.logsumexp(expanded, dim=2)
+        return expanded.amax(dim=2)
