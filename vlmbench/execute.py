@@ -61,6 +61,11 @@ def git_revision() -> str | None:
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def device_name(device: torch.device) -> str:
+    """The device as run metadata names it (the GPU's model, else the CPU's)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
 def run_metadata(device: torch.device) -> dict[str, Any]:
     return {
         "versions": package_versions(),
@@ -68,7 +73,7 @@ def run_metadata(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch_cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
     }
