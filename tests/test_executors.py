@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from vlmbench import cell as cell_module
 from vlmbench import results
 from vlmbench.cli import app
-from vlmbench.execute import preview, shard_jobs
+from vlmbench.execute import preview, shard_work
 from vlmbench.plan import CellKey, RunRequest, plan, shard
 
 BASE = ["--model", "tiny-world", "--dataset", "world-shape,world-size", "--attack", "pgd-2,none", "--eps", "1/255,2/255",
@@ -123,15 +123,16 @@ def test_plan_never_trains_a_defense_it_reports_as_needing_training(tiny_model_p
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # no checkpoint was trained
 
 
-def test_shard_jobs_cover_the_plan(tiny_model_plugin_file, tmp_path):
+def test_sharding_a_runs_work_keeps_cascade_chains_whole(tiny_model_plugin_file, tmp_path):
     from vlmbench.registry import plugins
 
     plugins().load_source(str(tiny_model_plugin_file))
     the_plan = plan(RunRequest(models=("tiny-world",), attacks=("pgd-2", "none"), datasets=("world-shape", "world-size"),
                                eps=("1/255", "2/255"), n_samples=6, output=tmp_path / "out", cascade=True))
-    parts = [shard_jobs(the_plan, i, 3) for i in (1, 2, 3)]
-    assert sorted(job for part in parts for job in part) == sorted(the_plan.jobs())
-    assert all(len(job) == 2 for part in parts for job in part)  # cascade chains are never split
+    work = [(0, job) for job in the_plan.jobs()]
+    parts = [shard_work([the_plan], work, i, 3) for i in (1, 2, 3)]
+    assert sorted(item for part in parts for item in part) == sorted(work)
+    assert all(len(job) == 2 for part in parts for _, job in part)  # cascade chains are never split
 
 
 def test_a_named_defense_parameter_reaches_only_its_defense(tmp_path):

@@ -201,8 +201,7 @@ def _run_or_plan(dry: bool, ctx: typer.Context, **options: Any) -> None:
     import pandas as pd  # the heavy imports come only after the options passed
     import torch
 
-    from vlmbench.execute import job_cost
-    from vlmbench.plan import shard
+    from vlmbench.execute import shard_work
     from vlmbench.runner import execute, plan
 
     if settings["threads"] is not None:
@@ -211,7 +210,7 @@ def _run_or_plan(dry: bool, ctx: typer.Context, **options: Any) -> None:
     work = [(index, job) for index, plan_ in enumerate(plans) for job in plan_.jobs()]
     total = len(work) and sum(len(job) for _, job in work)
     if part is not None:
-        work = shard(work, [job_cost(plans[index], job) for index, job in work], *part)
+        work = shard_work(plans, work, *part)
     where = f" (shard {part[0]}/{part[1]} of {total})" if part is not None else ""
     if dry:
         print_plan(plans, work, where)

@@ -318,10 +318,11 @@ def job_cost(plan_: Plan, job: tuple[CellKey, ...]) -> float:
     return sum(f + 2 * b for f, b in (plan_.estimated_passes(key) for key in job))
 
 
-def shard_jobs(plan_: Plan, index: int, count: int) -> list[tuple[CellKey, ...]]:
-    """The jobs of ``--shard index/count``: :func:`vlmbench.plan.shard` balanced on :func:`job_cost`."""
-    jobs = plan_.jobs()
-    return shard(jobs, [job_cost(plan_, job) for job in jobs], index, count)
+def shard_work(plans: list[Plan], work: list[tuple[int, tuple[CellKey, ...]]], index: int, count: int
+               ) -> list[tuple[int, tuple[CellKey, ...]]]:
+    """The ``(plan index, job)`` items of ``--shard index/count``: :func:`vlmbench.plan.shard` balanced on
+    :func:`job_cost`, over the jobs of every plan of a run (a matrix's entries together)."""
+    return shard(work, [job_cost(plans[i], job) for i, job in work], index, count)
 
 
 @dataclass(frozen=True)
