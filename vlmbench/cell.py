@@ -214,7 +214,7 @@ def compute_cell(
         logits = cell.defended(first)
     check_logits(logits, len(first), cell.classifier.num_classes, protocol.defense.name)  # (N, C), finite
     verify_declared_steps(cell.parts, seen)  # every declared step has its BPDA path, and no other
-    flags = measure_cell_flags(cell, first, first_labels, batch_seed(protocol.seed, cell_id, -1))
+    flags: str | None = None  # measured with batch 0, whose attack the ε sweep reuses at 1ε
     encoders = [encoder_of(model) for model in (cell.model, cell.original) if model is not None]
     cost = inference_cost(cell.defended, cell.classifier, first, batch_seed(protocol.seed, cell_id, -2),
                           encoders=encoders, defense=protocol.defense.name)
@@ -233,6 +233,9 @@ def compute_cell(
             frame = run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start),
                               batch_seed(protocol.seed, clean_id, start), kept,
                               loaded=(first, first_labels) if start == 0 else None)
+            if flags is None:
+                flags = measure_cell_flags(cell, first, first_labels, batch_seed(protocol.seed, cell_id, -1),
+                                           frame if start == 0 else None)
             frame["flags"] = flags
             frame = frame.assign(**cost)
             if kept is not None:
@@ -240,6 +243,8 @@ def compute_cell(
             results.write_atomic(results.to_table(frame, {}), part)
         else:
             resumed = True
+            if flags is None:
+                flags = str(frame["flags"].iloc[0])  # measured when the batch was staged
         frames.append(frame)
         adversarial_parts.append(adversarial_part)
         if on_advance:
@@ -318,15 +323,20 @@ def _read_part(path: Path, batch_indices: list[int]) -> pd.DataFrame | None:
     return frame if frame["sample_index"].tolist() == batch_indices else None
 
 
-def measure_cell_flags(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int) -> str:
+def measure_cell_flags(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int,
+                       first_rows: pd.DataFrame | None = None) -> str:
     """The per-cell sanity flags (:func:`vlmbench.flags.cell_flags`, and the ε sweep) on the cell's
-    first batch ``x``, ``y``, as a ``;``-joined string."""
+    first batch ``x``, ``y``, as a ``;``-joined string. ``first_rows``: the rows the cell's attack
+    produced on that batch; the sweep takes its 1ε point from them instead of attacking again."""
     torch.manual_seed(seed)
     labels = y if cell.superclasses is None else cell.superclasses.of(y)
     found = cell_flags(cell.defended, in_label_space(cell, crafting_model(cell)), x, labels,
                        declared_stochastic=cell.protocol.eval_draws > 1)
     if cell.eps_sweep and cell.attack.cls.name != "none":
-        found += _eps_sweep_flags(cell, x[:SWEEP_SAMPLES], y[:SWEEP_SAMPLES], seed)
+        at_eps = None
+        if first_rows is not None and not cell.skip:  # a cascade's rows keep earlier attacks' outcomes
+            at_eps = int(first_rows["adv_correct"].iloc[:SWEEP_SAMPLES].sum())
+        found += _eps_sweep_flags(cell, x[:SWEEP_SAMPLES], y[:SWEEP_SAMPLES], seed, at_eps)
     return ";".join(found)
 
 
@@ -339,14 +349,15 @@ SWEEP_FACTORS = (1, 2, 4)
 SWEEP_TOLERANCE = 1  # images: one more robust image at a larger ε is within the random starts' noise
 
 
-def _eps_sweep_flags(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int) -> list[str]:
+def _eps_sweep_flags(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int, at_eps: int | None = None) -> list[str]:
     """``eps-not-monotone`` when the cell's attack leaves more than :data:`SWEEP_TOLERANCE` more robust
     images at a larger multiple of ε (1, 2, 4 ε; the default step-size rule at each ε when the cell
-    used it, else its step scaled alike) on the first :data:`SWEEP_SAMPLES` images."""
-    robust = []
+    used it, else its step scaled alike) on the first :data:`SWEEP_SAMPLES` images. ``at_eps``: the
+    robust count the cell's own attack left on them at 1ε, when known (it is not attacked again)."""
+    robust = [] if at_eps is None else [at_eps]
     threat = cell.attack.threat
     default_rule = threat.steps > 0 and threat.step_size == default_step_size(threat.norm, threat.eps, threat.steps)
-    for factor in SWEEP_FACTORS:
+    for factor in SWEEP_FACTORS[len(robust):]:
         eps = threat.eps * factor
         if threat.norm == "linf" and eps > 1:  # beyond the [0,1] box: the sweep ends here
             break
