@@ -139,7 +139,7 @@ def cell_table(rows: pd.DataFrame) -> pd.DataFrame:
     grouped = rows.groupby(["entry", "cell_id"], sort=True)
     firsts = grouped.first()
     table = firsts[["model", "defense", "attack", "track", "norm", "eps", "eps_label", "dataset", "preset",
-                    "target_mode", "superclasses", "cascade_after", "steps", "n_samples", "flags"]].copy()
+                    "target_mode", "superclasses", "cascade_after", "steps", "n_samples", "flags", "precision"]].copy()
     table["label"] = results.attack_labels(firsts).to_numpy()
     table["n"] = grouped.size()
     table["clean"] = grouped["clean_correct_rate"].mean()
@@ -440,6 +440,9 @@ def _board_row(members: list[dict[str, Any]], standard: Standard, track: str, en
         text = f"mixed sample sets on {dataset}"
         if not any(r.startswith(text) for r in unreliable):
             unreliable.append(f"{text} (the worst case there is the smallest per-attack figure)")
+    precisions = _sorted_unique(str(c["precision"]) for c in members)
+    if len(precisions) > 1:
+        unreliable.append(f"mixed precisions: {', '.join(precisions)}")
     variants = _sorted_unique(results.describe_cells(rows_of_members)["variant"])
     if len(variants) > 1:
         unreliable.append(f"mixed variants: {' | '.join(v or 'default' for v in variants)}")
@@ -472,7 +475,7 @@ def _board_row(members: list[dict[str, Any]], standard: Standard, track: str, en
         cost_forward=sum(float(c["forward"]) for c in members) / len(members),
         cost_backward=sum(float(c["backward"]) for c in members) / len(members),
         n_images=sum(images), datasets=datasets, flags=flags, paper=paper, code=code, reported=reported,
-        cells=sorted(c["cell_id"] for c in members),
+        cells=sorted(c["cell_id"] for c in members), precision="+".join(precisions),
     )
 
 

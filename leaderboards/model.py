@@ -65,6 +65,7 @@ class BoardRow:
     cells: list[str]  # cell ids behind the row
     reproduced: str | None = None  # "yes", "no (max diff 3.1 points)" or None (not checked)
     verified: bool = False  # adversarial images re-scored by `vlmbench results verify`
+    precision: str = "fp32"  # what the row's cells ran in ("bf16+fp32": mixed, and the row is unreliable)
 
 
 @dataclass

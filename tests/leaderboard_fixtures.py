@@ -74,6 +74,7 @@ def _row(board_id: str, entry: str, model: str, defense: str, kind: str, rank: i
         paper=extra.pop("paper", None), code=extra.pop("code", None), reported=extra.pop("reported", []),
         cells=[_cell_id(board_id, entry, model, defense, d, a) for d in datasets for a in attacks if attacks[a] is not None],
         reproduced=extra.pop("reproduced", None), verified=extra.pop("verified", False),
+        precision=extra.pop("precision", "fp32"),
     )
 
 
@@ -107,7 +108,8 @@ def tecoa_board() -> Board:
         _row(b, "subm-tecoa", "ViT-B-32:openai", "tecoa", "training", 1, "complete", 63.2, 31.0, {"pgd-10": 33.4, "aa": 31.0}, 1000, ds,
              paper="https://arxiv.org/abs/2212.07016", reported=[_reported(31.9, "PGD-100", "4/255", "Table 2 of Mao et al., ICLR 2023", "cifar10")],
              reproduced="no (max diff 3.1 points)", verified=True, flags=["eps-not-monotone"]),
-        _row(b, "subm-tecoa", "ViT-B-32:openai", "none", "none", 2, "complete", 88.9, 0.5, {"pgd-10": 0.9, "aa": 0.5}, 1000, ds),
+        _row(b, "subm-tecoa", "ViT-B-32:openai", "none", "none", 2, "complete", 88.9, 0.5, {"pgd-10": 0.9, "aa": 0.5}, 1000, ds,
+             precision="bf16"),
         _row(b, "subm-fare", "ViT-B-32:openai", "fare", "training", None, "incomplete", 85.1, 12.2, {"pgd-10": 12.2, "aa": None}, 500, ds[:1],
              reasons=["attack aa not run", "dataset stl10 missing"], code="https://github.com/chs20/RobustVLM"),
     ]

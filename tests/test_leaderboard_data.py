@@ -218,6 +218,25 @@ def test_mixed_sample_sets_are_unreliable(site):
     assert any(r.startswith("mixed sample sets on world-shape") for r in gamma.reasons)
 
 
+def test_the_board_shows_the_precision_and_a_row_of_mixed_precisions_is_unreliable(made, site, tmp_path, monkeypatch):
+    import torch
+
+    from vlmbench.precision import key_for, write_record
+
+    assert {r.precision for b in site.boards for r in b.rows} == {"fp32"}
+    copy = tmp_path / "alpha"
+    shutil.copytree(made / "alpha", copy)
+    monkeypatch.setenv("VLMBENCH_CACHE", str(tmp_path / "cache"))  # a parity record that lets bf16 run here
+    weights = json.loads(results.load_results(copy)["protocol"].iloc[0])["model"]["version"]
+    write_record(key_for(torch.device("cpu"), "tiny-world", weights, "", "bf16"),
+                 {"passed": True, "why_not": [], "speedup": 1.0, "samples": 400})
+    _cli(made / "tiny_plugins.py", copy, "--attack", "pgd-10", "--dataset", "world-shape", "--eps", "2/255",
+         "--precision", "bf16")
+    none = row(board(site_model(collect([copy]), SMALL), "world-linf-2_255-oblivious"), "alpha")
+    assert none.precision == "bf16+fp32" and none.status == "unreliable"
+    assert "mixed precisions: bf16, fp32" in none.reasons
+
+
 def test_a_sanity_flag_makes_a_row_unreliable(made, tmp_path):
     copy = tmp_path / "alpha"
     shutil.copytree(made / "alpha", copy)

@@ -212,6 +212,11 @@ def test_board_page_states_the_standard_flags_and_paper_figure(files):
     assert {"zero-gradients", "robust-above-clean", "eps-not-monotone", "forward-randomness"} <= flags.ids
 
 
+def test_the_board_names_each_row_s_precision(files):
+    table = " ".join("".join(parse(pages(files)[f"board/{TECOA_BOARD}.html"]).text).split())
+    assert "precision" in table and table.count(" bf16 ") == 1 and table.count(" fp32 ") == 2
+
+
 def test_internal_links_resolve(files):
     ids = {path: parse(html).ids for path, html in pages(files).items()}
     checked = 0

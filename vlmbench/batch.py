@@ -39,14 +39,14 @@ class _PassCounter(torch.nn.Module):
             self.forward_with_objective = self._forward_with_objective
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
+        out = self.inner(x).float()  # losses and margins in float32, also under bf16 autocast
         self.passes.record(x.shape[0], out)
         return out
 
     def _forward_with_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, extra = self.inner.forward_with_objective(x)
         self.passes.record(x.shape[0], logits)
-        return logits, extra
+        return logits.float(), extra.float()
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,7 @@ def predict_draws(cell: Cell, x: torch.Tensor, seed: int) -> tuple[torch.Tensor,
         for _ in range(draws):
             logits = cell.defended(x)
             check_logits(logits, n, classes, cell.protocol.defense.name)
+            logits = logits.float()
             predictions.append(logits.argmax(dim=1))
             votes += F.one_hot(predictions[-1], classes)
             probabilities += logits.float().softmax(dim=1)

@@ -31,6 +31,7 @@ from vlmbench.adaptive import trace_steps, verify_declared_steps
 from vlmbench.defense import Defense
 from vlmbench.cost import encoder_of, inference_cost
 from vlmbench.flags import cell_flags
+from vlmbench.precision import running_in
 from vlmbench.protocol import (Protocol, canonical_json, default_step_size)
 from vlmbench.batch import Cell, attack_images, check_logits, crafting_model, in_label_space, load_batch, predict, run_batch
 from vlmbench.plan import RunError
@@ -169,7 +170,8 @@ def run_cell(
     if not final.exists():
         with cell_lock(output, cell_id, on_wait):
             if not final.exists():
-                return compute_cell(cell, final, staging, meta, on_advance)
+                with running_in(protocol.precision, cell.device):
+                    return compute_cell(cell, final, staging, meta, on_advance)
     rows = _validated_existing(final, protocol)
     shutil.rmtree(staging, ignore_errors=True)  # left by a process killed between its final write and cleanup
     if on_advance:

@@ -162,8 +162,9 @@ class ZeroShotClassifier(torch.nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from (un-normalised) image embeddings; for defenses that act in embedding space."""
-        return self.logit_scale * F.normalize(features, dim=-1) @ self.class_embeddings.T
+        """Float32 logits (also under autocast) from (un-normalised) image embeddings; for defenses that
+        act in embedding space."""
+        return (self.logit_scale * F.normalize(features, dim=-1) @ self.class_embeddings.T).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits_from_features(self.encode_image(x))

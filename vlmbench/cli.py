@@ -144,6 +144,7 @@ def run(
     superclasses: Annotated[str | None, typer.Option(help="Attack the superclass label space: a map the dataset offers (world-combo: shape, colour), a hierarchy level HIERARCHY[:TREE]:LEVEL (wordnet:2, world:colour:1, fgvc-aircraft:2; docs/hierarchies.md) or a JSON file.")] = None,
     cascade: Annotated[bool, typer.Option(help="Run each later attack only on the images every earlier one left robust (recorded).")] = False,
     eps_sweep: Annotated[bool, typer.Option(help="Quick ε sweep per cell (2ε, 4ε on 16 images) for the eps-not-monotone flag.")] = True,
+    precision: Annotated[str, typer.Option(help="auto, fp32, tf32 (CUDA) or bf16: anything but fp32 runs only where `vlmbench parity` measured it to give fp32's robust accuracy; auto takes the fastest such, else fp32 (docs/protocol.md).")] = "auto",
     save_adversarials: Annotated[bool, typer.Option("--save-adversarials", help="Store each attacked cell's adversarial images beside its Parquet file (CELL.adv.npz), for `results verify`.")] = False,
     shard: Annotated[str | None, typer.Option(help="Run only part I of N of the cells (I/N): deterministic and balanced on estimated cost; the N parts are disjoint and together the whole run (SLURM arrays, one process per GPU).")] = None,
     matrix: Annotated[Path | None, typer.Option(help="A matrix file (TOML, docs/matrix.md): the whole request in one file; besides it only --shard, --executor, --ray-address, --threads, --device, --data-root, --output and --plugin may be given (they override the file).")] = None,
@@ -276,6 +277,7 @@ def _request_from_options(o: dict[str, Any]) -> Any:
         datasets=datasets, eps=radii, norm=o["norm"], step_size=o["step_size"], restarts=o["restarts"], samples=o["samples"],
         selection=o["selection"], seed=o["seed"], batch_size=o["batch_size"], threads=o["threads"], track=o["track"],
         eot=o["eot"], eval_draws=o["eval_draws"], adaptive_steps=o["adaptive_steps"], source_defense=o["source_defense"],
+        precision=o["precision"],
     )
     from vlmbench.resolve import resolve_model
 
@@ -315,6 +317,7 @@ def _request_from_options(o: dict[str, Any]) -> Any:
         cascade=o["cascade"],
         eps_sweep=o["eps_sweep"],
         save_adversarials=o["save_adversarials"],
+        precision=o["precision"],
     )
 
 
@@ -503,6 +506,60 @@ def _training_progress(progress: Progress) -> Callable[[str, str, int, int], Non
         progress.update(tasks[key], description=description, completed=done)
 
     return report
+
+
+@app.command()
+@user_errors
+def parity(
+    precision: Annotated[str, typer.Option(help="The faster precision to measure against fp32: bf16 or tf32 (CUDA).")],
+    model: Annotated[str, typer.Option(help="The model (registered name, ARCH:TAG, local-dir:PATH, ...).")] = "world-vit",
+    defense: Annotated[str, typer.Option(help="The defense; its test-time parts key the record (training-time ones run on the same architecture).")] = "none",
+    attack: Annotated[list[str] | None, typer.Option(help="Attacks (default: pgd-10).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Datasets or patterns (default: world-*).")] = None,
+    eps: Annotated[list[str] | None, typer.Option(help="Radii (default: 1/255 and 4/255).")] = None,
+    samples: Annotated[int, typer.Option(help="Images per dataset; together at least 200 (default: 32).")] = 32,
+    seed: Annotated[int, typer.Option(help="Base seed (images and random starts).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
+    data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Measure whether a faster precision gives fp32's robust accuracy here, and record it for --precision auto."""
+    from vlmbench.preflight import split_values, validate_request_options
+
+    _load_plugin_sources(plugin)
+    attacks = split_values(attack, "--attack") or ("pgd-10",)
+    datasets = split_values(dataset, "--dataset") or ("world-*",)
+    radii = split_values(eps, "--eps") or ("1/255", "4/255")
+    validate_request_options(models=(model,), defenses=(defense,), attacks=attacks, datasets=datasets, eps=radii,
+                             samples=samples, seed=seed, batch_size=batch_size, threads=threads, precision=precision)
+    import torch
+
+    from vlmbench.parity import measure
+    from vlmbench.precision import MIN_SPEEDUP
+    from vlmbench.request import RunRequest
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    request = RunRequest(models=(model,), defenses=(defense,), attacks=attacks, datasets=datasets, eps=radii,
+                         n_samples=samples, selection="balanced", seed=seed, batch_size=batch_size, device=device,
+                         data_root=data_root, eps_sweep=False)
+    with console.status(f"measuring {precision} against fp32 (three runs)"):
+        record = measure(request, precision)
+    key = record["key"]
+    console.print(f"{precision} vs fp32 · {key['model']} ({key['test_time_defense']}) · {key['hardware']} · torch {key['torch']}",
+                  highlight=False)
+    console.print(f"  {record['samples']} images in {record['cells']} cells: robust fp32 {record['robust_fp32']:.1f}% · "
+                  f"fp32 other starts {record['robust_fp32_other_starts']:.1f}% · {precision} {record['robust_candidate']:.1f}%",
+                  highlight=False)
+    console.print(f"  agreement with fp32: {precision} {record['agreement_candidate']:.1f}% · fp32 other starts "
+                  f"{record['agreement_fp32_other_starts']:.1f}%   speed-up {record['speedup']:.2f}x", highlight=False)
+    if record["passed"]:
+        faster = "" if record["speedup"] >= MIN_SPEEDUP else f" (--precision auto keeps fp32: not {MIN_SPEEDUP:g}x faster)"
+        console.print(f"  parity: passed; --precision {precision} may run here{faster}", highlight=False)
+    else:
+        console.print(f"  parity: failed: {'; '.join(record['why_not'])}; {precision} stays refused here", highlight=False)
 
 
 @app.command()

@@ -30,6 +30,7 @@ from vlmbench import results
 from vlmbench.cell import CellOutcome, cell_filename, remove_leftovers, run_cell
 from vlmbench.errors import VlmbenchError
 from vlmbench.plan import CellKey, Plan, shard
+from vlmbench.precision import resolve as resolve_precision
 from vlmbench.targets import SuperclassMap
 
 
@@ -227,6 +228,7 @@ class Workbench:
             data=setting.data_spec,
             seed=plan_.request.seed,
             batch_size=plan_.request.batch_size,
+            precision=self.precision(key)[0],
             track=track,  # type: ignore[arg-type]
             eot_draws=eot,
             defense_loss=(track == "adaptive" and provides_objective(setting.defended)
@@ -240,6 +242,14 @@ class Workbench:
             bpda=defense.non_differentiable if track == "adaptive" else (),
             versions=self.meta["versions"],
         )
+
+    def precision(self, key: CellKey) -> tuple[str, dict[str, Any] | None]:
+        """The precision the cell runs in and the parity record that allows it (:func:`vlmbench.precision.resolve`:
+        the weights before training-time defenses and the defense's test-time parts key the record)."""
+        plan_ = self.plan
+        test_time = "+".join(p.name for p in plan_.defenses[key.defense].parts if p.is_test_time())
+        return resolve_precision(plan_.request.precision, plan_.device, plan_.models[key.model].name,
+                                 self.original(key.model).fingerprint, test_time)
 
     def run_job(self, job: tuple[CellKey, ...], on_cell: Callable[[Protocol, int], None] | None = None,
                 on_advance: Callable[[int], None] | None = None,
@@ -259,7 +269,9 @@ class Workbench:
                         indices, plan_.device, setting.source_classifier, setting.superclasses, dict(broken),
                         plan_.request.eps_sweep, defense.parts, setting.original,
                         plan_.request.save_adversarials and attack.cls.name != "none", plan_.early_stop(key))
-            outcome = run_cell(cell, plan_.request.output, self.meta, on_advance, on_wait)
+            parity = self.precision(key)[1]
+            meta = self.meta if parity is None else {**self.meta, "precision_parity": parity}
+            outcome = run_cell(cell, plan_.request.output, meta, on_advance, on_wait)
             outcomes.append(outcome)
             if plan_.request.cascade:
                 earlier.append(attack.spec)

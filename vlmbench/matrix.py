@@ -90,6 +90,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     Key("superclasses", "str", "superclasses", "attack a superclass label space (docs/hierarchies.md)"),
     Key("cascade", "bool", "cascade", "run each later attack only on the images earlier ones left robust (default: false)"),
     Key("eps-sweep", "bool", "eps_sweep", "quick 2ε/4ε sweep per cell for the eps-not-monotone flag (default: true)"),
+    Key("precision", "str", "precision", "auto, fp32, tf32 or bf16: anything but fp32 only where its parity was measured (default: auto)"),
     Key("save-adversarials", "bool", "save_adversarials", "store each cell's adversarial images, for `results verify` (default: false)"),
     Key("threads", "int", None, "CPU threads for torch (default: torch's)"),
     Key("plugin", "strings", None, "module names or .py files defining extra plugins, loaded before the names are checked"),
@@ -460,7 +461,7 @@ _CHECKS: dict[str, str] = {  # key → validate_request_options argument, for th
     "defense": "defenses", "attack": "attacks", "dataset": "datasets", "source-defense": "source_defense",
     "step-size": "step_size", "restarts": "restarts", "samples": "samples", "selection": "selection",
     "seed": "seed", "batch-size": "batch_size", "eot": "eot", "eval-draws": "eval_draws",
-    "adaptive-steps": "adaptive_steps",
+    "adaptive-steps": "adaptive_steps", "precision": "precision",
 }
 
 

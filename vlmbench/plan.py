@@ -26,6 +26,7 @@ from vlmbench.models import ModelPlugin
 from vlmbench.resolve import resolve_model
 from vlmbench.datasets.text import with_templates
 from vlmbench.preflight import validate_request_options
+from vlmbench.precision import check_request
 from vlmbench.data import Resized, balanced_indices, dataset_labels, missing_datasets_error
 from vlmbench.presets import PresetDataset, get_preset
 from vlmbench.protocol import (PluginRef, ThreatModel)
@@ -215,7 +216,7 @@ def plan(request: RunRequest) -> Plan:
         norm=request.norm, step_size=request.step_size, restarts=request.restarts, samples=request.n_samples,
         selection=request.selection, seed=request.seed, batch_size=request.batch_size, track=request.track,
         eot=request.eot_draws, eval_draws=request.eval_draws, adaptive_steps=request.adaptive_steps,
-        source_defense=request.source_defense,
+        source_defense=request.source_defense, precision=request.precision,
     )
     if request.output.exists() and not request.output.is_dir():
         raise RunError(f"output {request.output} exists and is not a folder")
@@ -264,7 +265,10 @@ def plan(request: RunRequest) -> Plan:
     label_spaces = {plugin.name: _label_space(request, dataset, attacks) for plugin, dataset, _ in datasets}
     check_writable(request.output, "output folder")
     check_writable(cache_dir(), "cache folder (VLMBENCH_CACHE)")
-    return Plan(request, models, defenses, datasets, attacks, resolve_device(request.device), source, source_defense,
+    device = resolve_device(request.device)
+    check_request(request.precision, device, list(request.models),  # tf32 off CUDA; any parity record at all
+                  sorted({"+".join(p.name for p in d.parts if p.is_test_time()) for d in defenses}))
+    return Plan(request, models, defenses, datasets, attacks, device, source, source_defense,
                 label_spaces, data_choices, notes)
 
 

@@ -17,6 +17,7 @@ from vlmbench.errors import VlmbenchError
 from vlmbench.names import parse_attack_name, unknown_name_message
 from vlmbench.protocol import NORMS, ProtocolError, check_eps, parse_eps
 from vlmbench.registry import PluginError, plugins
+from vlmbench.request import PRECISIONS
 from vlmbench.weights import ModelLoadError, missing_weights_message, pretrained_cfg, weights_are_local
 
 TRACKS = ("oblivious", "adaptive", "both")
@@ -67,6 +68,7 @@ def validate_request_options(
     eval_draws: int | None = None,
     adaptive_steps: int | None = None,
     source_defense: str | None = None,
+    precision: str | None = None,
 ) -> None:
     """Refuse option values that are wrong on their own; torch-free. ``()`` and ``None`` stand for
     "not given" (the defaults are valid). Passing does not mean the request can run: the runner's
@@ -94,6 +96,8 @@ def validate_request_options(
         raise OptionError(f"bad number of adaptive steps {adaptive_steps} (--adaptive-steps): must be ≥ 0 (0: the attack's own)")
     if track is not None and track not in TRACKS:
         raise OptionError(f"bad track {track!r}: use oblivious, adaptive or both")
+    if precision is not None and precision not in PRECISIONS:
+        raise OptionError(f"bad precision {precision!r} (--precision): use {', '.join(PRECISIONS)}")
     if selection not in SELECTIONS:
         raise OptionError(f"bad selection {selection!r}: use first, random or balanced")
     if norm not in NORMS:

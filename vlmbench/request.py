@@ -59,6 +59,8 @@ class RunRequest:
             (same ε, track, dataset) left robust, as AutoAttack does; recorded as ``cascade_after``.
         eps_sweep: measure the per-cell ``eps-not-monotone`` flag with a quick sweep (the cell's
             attack at 2ε and 4ε on the first images).
+        precision: ``auto``, ``fp32``, ``tf32`` or ``bf16`` (:mod:`vlmbench.precision`): a precision other
+            than fp32 runs only where its parity with fp32 was measured; ``auto`` is the fastest such.
         save_adversarials: store each attacked cell's adversarial images beside its Parquet file
             (:func:`adversarial_filename`; docs/results-schema.md, "Adversarial images"). Run
             metadata, not protocol: it does not change the cell id.
@@ -96,7 +98,10 @@ class RunRequest:
     cascade: bool = False
     eps_sweep: bool = True
     save_adversarials: bool = False
+    precision: str = "auto"
 
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # vlmbench.precision says what each means
 
 DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018: EOT over ≥ 10 draws for random defenses
 DEFAULT_ADAPTIVE_STEPS = 40  # measured: benchmarks/adaptive_convergence.py (README, "Test-time defenses")
