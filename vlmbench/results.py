@@ -67,7 +67,7 @@ SCHEMA = pa.schema(
         _field("restarts", pa.int64(), "random restarts"),
         _field("random_start", pa.bool_(), "whether the attack starts at a random point of the ball"),
         _field("seed", pa.int64(), "base seed of the cell"),
-        _field("precision", pa.string(), "numeric precision of attack and evaluation (fp32)"),
+        _field("precision", pa.string(), "numeric precision attacks and evaluation ran in: fp32, tf32 or bf16 (docs/protocol.md, Precision)"),
         _field("resolution", pa.string(), "where resizing happens relative to the attack"),
         _field("n_samples", pa.int64(), "number of images in the cell"),
         _field("sample_index", pa.int64(), "index of the image in the dataset split"),
