@@ -8,7 +8,11 @@ image indices and their seeds, which is what makes a resumed cell equal to an un
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,17 +75,62 @@ class Cell:
     early_stop: bool = False  # the attack stops on an image once it fools the model (Plan.early_stop)
 
 
-def load_batch(cell: Cell, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``(N,3,H,W)`` float32 in [0,1] and labels ``(N,)`` of ``indices``, on the cell's device."""
-    items = [cell.dataset[index] for index in indices]
+def read_batch(cell: Cell, indices: list[int], pool: ThreadPoolExecutor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N,3,H,W)`` float32 in [0,1] and labels ``(N,)`` of ``indices`` on the CPU, checked there
+    (one size, pixels in [0,1]); decoded by ``pool``'s threads when given; in pinned memory when the
+    cell runs on CUDA, so that :func:`to_device` copies asynchronously."""
+    items = list(pool.map(cell.dataset.__getitem__, indices)) if pool is not None else [cell.dataset[i] for i in indices]
     shapes = {tuple(img.shape) for img, _ in items}
     if len(shapes) != 1:
         raise RunError(f"dataset {cell.protocol.data.dataset!r} yields images of several sizes {sorted(shapes)} in one batch")
-    x = torch.stack([img for img, _ in items]).to(device=cell.device, dtype=torch.float32)
-    y = torch.tensor([label for _, label in items], dtype=torch.long, device=cell.device)
+    x = torch.stack([img for img, _ in items]).to(dtype=torch.float32)
+    y = torch.tensor([label for _, label in items], dtype=torch.long)
     if float(x.min()) < 0 or float(x.max()) > 1:
         raise RunError(f"dataset {cell.protocol.data.dataset!r} yields pixels outside [0,1]")
+    if cell.device.type == "cuda":
+        x, y = x.pin_memory(), y.pin_memory()
     return x, y
+
+
+def to_device(cell: Cell, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    return x.to(cell.device, non_blocking=True), y.to(cell.device, non_blocking=True)
+
+
+def load_batch(cell: Cell, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`read_batch` on the cell's device."""
+    return to_device(cell, read_batch(cell, indices))
+
+
+def load_workers(device: torch.device) -> int:
+    """Threads decoding a batch's images: one on the CPU (compute needs the cores), up to 8 beside a GPU."""
+    return 1 if device.type != "cuda" else max(1, min(8, os.cpu_count() or 1))
+
+
+@contextmanager
+def prefetched(cell: Cell, batches: list[list[int]]) -> Iterator[Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """The batches ``batches`` (lists of indices) on the cell's device, in order, each read while the
+    one before it is computed: :func:`read_batch` runs in a background thread (with
+    :func:`load_workers` decoding threads), so loading overlaps the attack. An error while reading a
+    batch is raised when that batch is taken. The threads stop when the block exits."""
+    workers = load_workers(cell.device)
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=workers) as decoders:
+        pool = decoders if workers > 1 else None
+        futures: list[Future[tuple[torch.Tensor, torch.Tensor]]] = []
+
+        def batches_in_order() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for position, indices in enumerate(batches):
+                if position == 0:
+                    futures.append(reader.submit(read_batch, cell, indices, pool))
+                if position + 1 < len(batches):  # the next one is read while this one is computed
+                    futures.append(reader.submit(read_batch, cell, batches[position + 1], pool))
+                yield to_device(cell, futures[position].result())
+
+        try:
+            yield batches_in_order()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def crafting_model(cell: Cell) -> torch.nn.Module:

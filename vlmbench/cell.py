@@ -33,7 +33,8 @@ from vlmbench.cost import encoder_of, inference_cost
 from vlmbench.flags import cell_flags
 from vlmbench.precision import running_in
 from vlmbench.protocol import (Protocol, canonical_json, default_step_size)
-from vlmbench.batch import Cell, attack_images, check_logits, crafting_model, in_label_space, load_batch, predict, run_batch
+from vlmbench.batch import (Cell, attack_images, check_logits, crafting_model, in_label_space, load_batch, predict,
+                            prefetched, run_batch)
 from vlmbench.plan import RunError
 
 
@@ -223,34 +224,35 @@ def compute_cell(
     clean_id = clean_identity(protocol)
     started = time.perf_counter()
     frames, resumed, adversarial_parts = [], False, []
-    for start in range(0, len(indices), batch_size):
-        part = staging / f"{start:09d}.parquet"
-        adversarial_part = staging / f"{start:09d}.adv.npy"  # staged before the rows: rows imply images
-        batch_indices = indices[start : start + batch_size]
-        frame = _read_part(part, batch_indices)
-        if cell.save_adversarials and frame is not None and not _staged_adversarials(adversarial_part, len(batch_indices)):
-            frame = None  # staged by a run without --save-adversarials: recompute (same seeds, same rows)
-        if frame is None:
-            kept: list[torch.Tensor] | None = [] if cell.save_adversarials else None
-            frame = run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start),
-                              batch_seed(protocol.seed, clean_id, start), kept,
-                              loaded=(first, first_labels) if start == 0 else None)
-            if flags is None:
-                flags = measure_cell_flags(cell, first, first_labels, batch_seed(protocol.seed, cell_id, -1),
-                                           frame if start == 0 else None)
-            frame["flags"] = flags
-            frame = frame.assign(**cost)
-            if kept is not None:
-                _save_npy_atomic(kept[0].numpy().astype("<f4", copy=False), adversarial_part)
-            results.write_atomic(results.to_table(frame, {}), part)
-        else:
-            resumed = True
-            if flags is None:
-                flags = str(frame["flags"].iloc[0])  # measured when the batch was staged
-        frames.append(frame)
-        adversarial_parts.append(adversarial_part)
-        if on_advance:
-            on_advance(len(batch_indices))
+    starts = range(0, len(indices), batch_size)
+    staged = {start: _staged_batch(cell, staging, start) for start in starts}
+    pending = [indices[start : start + batch_size] for start in starts if start and staged[start] is None]
+    with prefetched(cell, pending) as loaded:  # read ahead while the batches before are computed
+        for start in starts:
+            adversarial_part = staging / f"{start:09d}.adv.npy"  # staged before the rows: rows imply images
+            batch_indices = indices[start : start + batch_size]
+            frame = staged[start]
+            if frame is None:
+                kept: list[torch.Tensor] | None = [] if cell.save_adversarials else None
+                frame = run_batch(cell, batch_indices, batch_seed(protocol.seed, cell_id, start),
+                                  batch_seed(protocol.seed, clean_id, start), kept,
+                                  loaded=(first, first_labels) if start == 0 else next(loaded))
+                if flags is None:
+                    flags = measure_cell_flags(cell, first, first_labels, batch_seed(protocol.seed, cell_id, -1),
+                                               frame if start == 0 else None)
+                frame["flags"] = flags
+                frame = frame.assign(**cost)
+                if kept is not None:
+                    _save_npy_atomic(kept[0].numpy().astype("<f4", copy=False), adversarial_part)
+                results.write_atomic(results.to_table(frame, {}), staging / f"{start:09d}.parquet")
+            else:
+                resumed = True
+                if flags is None:
+                    flags = str(frame["flags"].iloc[0])  # measured when the batch was staged
+            frames.append(frame)
+            adversarial_parts.append(adversarial_part)
+            if on_advance:
+                on_advance(len(batch_indices))
     rows = pd.concat(frames, ignore_index=True)
     run = {**meta, "defenses": defense_metadata(cell.parts), "wall_time_s": time.perf_counter() - started,
            "resumed": resumed, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -312,6 +314,16 @@ def _validated_existing(path: Path, protocol: Protocol) -> pd.DataFrame:
             f"existing results file {path} is incomplete or from another protocol; move it away to recompute the cell"
         )
     return rows
+
+
+def _staged_batch(cell: Cell, staging: Path, start: int) -> pd.DataFrame | None:
+    """The rows of the cell's batch at ``start`` if a previous run staged them usably, else None."""
+    batch_indices = cell.indices[start : start + cell.protocol.batch_size]
+    frame = _read_part(staging / f"{start:09d}.parquet", batch_indices)
+    if cell.save_adversarials and frame is not None and not _staged_adversarials(
+            staging / f"{start:09d}.adv.npy", len(batch_indices)):
+        return None  # staged by a run without --save-adversarials: recompute (same seeds, same rows)
+    return frame
 
 
 def _read_part(path: Path, batch_indices: list[int]) -> pd.DataFrame | None:
