@@ -1,0 +1,93 @@
+"""The README's main job, `vlmbench run --defense none --attack pgd-10` on the embedded world, timed for two
+revisions of vlmbench side by side: a baseline revision and this one.
+
+Each revision is exported with ``git archive`` into a temporary folder laid out as the installed
+package (``vlmbench/`` with ``attacks/`` and ``defenses/`` inside it) and run in a fresh process with
+that folder first on ``PYTHONPATH``; both share the Python environment and one warm cache (the class
+text embeddings are computed by a warm-up run of each revision first). Rounds are interleaved, so a
+busy moment of the machine hits both alike; every round writes to a fresh output folder (nothing is
+reused between runs). Prints the wall time of each run (process start to exit, imports included), the
+best of each revision, and the ratio; and checks that both revisions' rows give the same robust
+accuracy per dataset (they differ where the code changed the attack, which is then printed).
+
+    uv run python benchmarks/default_run_speed.py --baseline 74d7af0 [--rounds 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = ["run", "--defense", "none", "--attack", "pgd-10"]
+
+
+def export(revision: str, into: Path) -> Path:
+    """``revision``'s vlmbench as an importable folder (``into/vlmbench`` with its plugins inside)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "vlmbench", "attacks", "defenses"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    for plugins in ("attacks", "defenses"):
+        (into / plugins).rename(into / "vlmbench" / plugins)
+    return into
+
+
+def run_once(tree: Path, output: Path, threads: int, cache: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree), "VLMBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from vlmbench.cli import app; app()", *COMMAND, "--threads", str(threads),
+                    "--output", str(output)], env=env, check=True, capture_output=True, cwd=tree)
+    return time.perf_counter() - started
+
+
+def robust_by_dataset(output: Path) -> dict[str, float]:
+    import pandas as pd
+
+    frames = [pd.read_parquet(path, columns=["dataset", "robust"]) for path in output.glob("*.parquet")]
+    rows = pd.concat(frames)
+    return {k: round(100 * v, 1) for k, v in rows.groupby("dataset")["robust"].mean().items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", required=True, help="git revision to compare against")
+    parser.add_argument("--revision", default="HEAD", help="git revision measured (default: HEAD)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_path = Path(scratch)
+        trees = {}
+        for name, revision in (("baseline", args.baseline), ("this", args.revision)):
+            (scratch_path / name).mkdir()
+            trees[name] = export(revision, scratch_path / name)
+        cache = scratch_path / "cache"
+        for name, tree in trees.items():  # warm-up: text embeddings into the shared cache
+            run_once(tree, scratch_path / f"warm-{name}", args.threads, cache)
+        times: dict[str, list[float]] = {name: [] for name in trees}
+        for round_ in range(args.rounds):
+            for name, tree in trees.items():
+                times[name].append(run_once(tree, scratch_path / f"{name}-{round_}", args.threads, cache))
+        revisions = {name: subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
+                                          text=True).stdout.strip() for name, rev in (("baseline", args.baseline),
+                                                                                     ("this", args.revision))}
+        print(f"`vlmbench {' '.join(COMMAND)}` (12 world datasets, 6,048 images), {args.threads} thread(s), "
+              f"{args.rounds} interleaved rounds, warm cache")
+        for name in trees:
+            print(f"  {name:<8} {revisions[name]:<9} " + "  ".join(f"{t:6.1f} s" for t in times[name])
+                  + f"   best {min(times[name]):6.1f} s")
+        print(f"  speed-up (best against best): {min(times['baseline']) / min(times['this']):.2f}x")
+        before, after = robust_by_dataset(scratch_path / "baseline-0"), robust_by_dataset(scratch_path / "this-0")
+        print("  robust accuracy % per dataset, baseline → this:")
+        for dataset in sorted(before):
+            marker = "" if before[dataset] == after.get(dataset) else "   (differs)"
+            print(f"    {dataset:<14} {before[dataset]:5.1f} → {after.get(dataset, float('nan')):5.1f}{marker}")
+
+
+if __name__ == "__main__":
+    main()
