@@ -10,7 +10,7 @@ reused between runs). Prints the wall time of each run (process start to exit, i
 best of each revision, and the ratio; and checks that both revisions' rows give the same robust
 accuracy per dataset (they differ where the code changed the attack, which is then printed).
 
-    uv run python benchmarks/default_run_speed.py --baseline 74d7af0 [--rounds 3] [--threads 2]
+    uv run python benchmarks/default_run_speed.py --baseline 74d7af0 [--revision HEAD --revision BRANCH] [--rounds 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -56,14 +56,16 @@ def robust_by_dataset(output: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", required=True, help="git revision to compare against")
-    parser.add_argument("--revision", default="HEAD", help="git revision measured (default: HEAD)")
+    parser.add_argument("--revision", action="append", help="git revisions measured (repeatable; default: HEAD)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    measured = args.revision or ["HEAD"]
+    names = {"baseline": args.baseline, **{f"r{i}": rev for i, rev in enumerate(measured, 1)}}
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
         trees = {}
-        for name, revision in (("baseline", args.baseline), ("this", args.revision)):
+        for name, revision in names.items():
             (scratch_path / name).mkdir()
             trees[name] = export(revision, scratch_path / name)
         cache = scratch_path / "cache"
@@ -73,20 +75,21 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, tree in trees.items():
                 times[name].append(run_once(tree, scratch_path / f"{name}-{round_}", args.threads, cache))
-        revisions = {name: subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
-                                          text=True).stdout.strip() for name, rev in (("baseline", args.baseline),
-                                                                                     ("this", args.revision))}
-        print(f"`vlmbench {' '.join(COMMAND)}` (12 world datasets, 6,048 images), {args.threads} thread(s), "
-              f"{args.rounds} interleaved rounds, warm cache")
+        short = {name: subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
+                                      text=True).stdout.strip() for name, rev in names.items()}
+        accuracy = {name: robust_by_dataset(scratch_path / f"{name}-0") for name in trees}
+        images = len(accuracy["baseline"]) and sum(1 for _ in (scratch_path / "baseline-0").glob("*.parquet"))
+        print(f"`vlmbench {' '.join(COMMAND)}` ({len(accuracy['baseline'])} world datasets in {images} cells), "
+              f"{args.threads} thread(s), "
+              f"{args.rounds} interleaved round(s), warm cache")
         for name in trees:
-            print(f"  {name:<8} {revisions[name]:<9} " + "  ".join(f"{t:6.1f} s" for t in times[name])
-                  + f"   best {min(times[name]):6.1f} s")
-        print(f"  speed-up (best against best): {min(times['baseline']) / min(times['this']):.2f}x")
-        before, after = robust_by_dataset(scratch_path / "baseline-0"), robust_by_dataset(scratch_path / "this-0")
-        print("  robust accuracy % per dataset, baseline → this:")
-        for dataset in sorted(before):
-            marker = "" if before[dataset] == after.get(dataset) else "   (differs)"
-            print(f"    {dataset:<14} {before[dataset]:5.1f} → {after.get(dataset, float('nan')):5.1f}{marker}")
+            ratio = "" if name == "baseline" else f"   {min(times['baseline']) / min(times[name]):.2f}x the baseline"
+            print(f"  {names[name]:<12} {short[name]:<9} " + "  ".join(f"{t:6.1f} s" for t in times[name])
+                  + f"   best {min(times[name]):6.1f} s{ratio}")
+        print("  robust accuracy % per dataset: " + " | ".join(names[name] for name in trees))
+        for dataset in sorted(accuracy["baseline"]):
+            values = [accuracy[name].get(dataset, float("nan")) for name in trees]
+            print(f"    {dataset:<14} " + "  ".join(f"{v:5.1f}" for v in values))
 
 
 if __name__ == "__main__":
