@@ -68,6 +68,10 @@ def test_auto_takes_the_fastest_passing_precision_and_the_rows_and_metadata_say_
     assert result.exit_code == 0, result.output
     rows = results.load_results(tmp_path / "auto")
     assert set(rows["precision"]) == {"bf16"}
+    planned = CliRunner().invoke(app, ["plan", *RUN, "--plugin", str(tiny_model_plugin_file), "--output",
+                                       str(tmp_path / "auto")], env={"COLUMNS": "250"})
+    assert planned.exit_code == 0 and "1 complete" in planned.output, planned.output
+    assert " bf16 " in planned.output and " fp32 " not in planned.output  # the plan says what auto resolved to
     assert set(rows["cell_id"]).isdisjoint(set(results.load_results(tmp_path / "fp32")["cell_id"]))  # another cell
     (path,) = (tmp_path / "auto").glob("*.parquet")
     run_meta = json.loads(results.read_file(path).schema.metadata[results.RUN_KEY])

@@ -347,11 +347,12 @@ def print_plan(plans: list[Any], work: list[Any], where: str) -> None:
     cells = [(index, cell) for index, plan_ in enumerate(plans)
              for cell in preview(plan_, [job for i, job in work if i == index])]
     table = Table(title=f"plan: {len(cells)} cells{where}", title_justify="left")
-    for column, justify in (("cell", "left"), ("images", "right"), ("forward", "right"), ("backward", "right"), ("status", "left")):
+    for column, justify in (("cell", "left"), ("images", "right"), ("forward", "right"), ("backward", "right"),
+                            ("precision", "left"), ("status", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for _, cell in cells:
         status = f"partial {cell.batches_done}/{cell.batches} batches" if cell.status == "partial" else cell.status
-        table.add_row(cell.label, str(cell.images), f"{cell.forward:,.0f}", f"{cell.backward:,.0f}", status)
+        table.add_row(cell.label, str(cell.images), f"{cell.forward:,.0f}", f"{cell.backward:,.0f}", cell.precision, status)
     console.print(table)
     counts = {s: sum(c.status == s for _, c in cells) for s in ("complete", "partial", "pending", "needs training")}
     todo = [(index, c) for index, c in cells if c.status != "complete"]

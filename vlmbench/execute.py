@@ -355,6 +355,7 @@ class CellPreview:
     batches_done: int = 0
     batches: int = 0
     cell_id: str | None = None
+    precision: str = "fp32"  # what the cell runs in (--precision auto resolved; vlmbench.precision)
 
 
 def preview(plan_: Plan, jobs: list[tuple[CellKey, ...]] | None = None) -> list[CellPreview]:
@@ -369,7 +370,8 @@ def preview(plan_: Plan, jobs: list[tuple[CellKey, ...]] | None = None) -> list[
             n = plan_.n_images_of(key)
             forward, backward = plan_.estimated_passes(key)
             batches = -(-n // batch_size)
-            base = dict(key=key, label=plan_.label(key), images=n, forward=forward, backward=backward, batches=batches)
+            base = dict(key=key, label=plan_.label(key), images=n, forward=forward, backward=backward, batches=batches,
+                        precision=bench.precision(key)[0])
             try:
                 protocol = bench.protocol(key, tuple(earlier))
             except NotTrained:
