@@ -21,7 +21,8 @@ TIMINGS = [c for c in results.SCHEMA.names if "time_s" in c]  # wall-clock colum
 
 
 def invoke(plugin: Path, command: str, output: Path, *extra: str):
-    return CliRunner().invoke(app, [command, *BASE, "--plugin", str(plugin), "--output", str(output), *extra])
+    return CliRunner().invoke(app, [command, *BASE, "--plugin", str(plugin), "--output", str(output), *extra],
+                              env={"COLUMNS": "200"})  # the plan's table unwrapped
 
 
 def text(result) -> str:
