@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from vlmbench import cell as cell_module
@@ -70,6 +71,26 @@ def test_jobs_chain_the_cascade_and_estimates_match_the_passes_a_run_records(tin
         assert forward == pytest.approx(rows["forward_passes"].sum() + evaluation)
         assert backward == pytest.approx(rows["backward_passes"].sum())
     assert [p.status for p in preview(the_plan)] == ["complete", "complete"]
+
+
+def test_a_batch_that_does_not_fit_in_gpu_memory_is_one_line_and_keeps_the_finished_cells(
+        tiny_model_plugin_file, tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    calls = {"n": 0}
+    real = cell_module.run_batch
+
+    def out_of_memory_in_the_third_cell(*args, **kwargs):  # 2 batches per cell
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cell_module, "run_batch", out_of_memory_in_the_third_cell)
+    result = invoke(tiny_model_plugin_file, "run", output)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "does not fit in GPU memory; rerun with a smaller --batch-size (e.g. 2)" in errors[0], errors[0]
+    assert "Traceback" not in result.output and len(list(output.glob("*.parquet"))) == 2  # two cells finished
 
 
 def test_two_shards_together_equal_the_unsharded_run(tiny_model_plugin_file, tmp_path):

@@ -172,7 +172,10 @@ def run_cell(
         with cell_lock(output, cell_id, on_wait):
             if not final.exists():
                 with running_in(protocol.precision, cell.device):
-                    return compute_cell(cell, final, staging, meta, on_advance)
+                    try:
+                        return compute_cell(cell, final, staging, meta, on_advance)
+                    except torch.cuda.OutOfMemoryError:  # its checks, sweep or a batch: one line, what to do
+                        raise RunError(out_of_memory_message(cell, min(protocol.batch_size, len(indices)))) from None
     rows = _validated_existing(final, protocol)
     shutil.rmtree(staging, ignore_errors=True)  # left by a process killed between its final write and cleanup
     if on_advance:
@@ -263,6 +266,18 @@ def compute_cell(
     results.write_atomic(results.to_table(rows, run), final)
     shutil.rmtree(staging, ignore_errors=True)
     return CellOutcome(final, protocol, "resumed" if resumed else "computed", rows)
+
+
+def out_of_memory_message(cell: Cell, images: int) -> str:
+    """One line for a batch that does not fit in GPU memory: what to change, and what it costs."""
+    free = ""
+    if cell.device.type == "cuda":
+        available, total = torch.cuda.mem_get_info(cell.device)
+        free = f" ({available / 2**30:.1f} of {total / 2**30:.1f} GiB free now)"
+    protocol = cell.protocol
+    return (f"a batch of {images} images of {protocol.data.dataset} · {protocol.defense.name} · {protocol.attack.name} "
+            f"does not fit in GPU memory{free}; rerun with a smaller --batch-size (e.g. {max(images // 2, 1)}): the "
+            "finished cells are kept, but a new batch size is a new cell (random starts are drawn per batch)")
 
 
 def clean_identity(protocol: Protocol) -> str:
