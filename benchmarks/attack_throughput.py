@@ -24,28 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from throughput import reference_pgd  # the research-style loop, shared with benchmarks/throughput.py
 from vlmbench.attacks.pgd import PGD
 from vlmbench.classifier import ZeroShotClassifier, resize_and_normalize
 from vlmbench.protocol import ThreatModel
 from vlmbench.registry import plugins
 from vlmbench.runner import RunRequest, execute, plan
-
-
-def reference_pgd(model, tokens, preprocess, x, y, eps, alpha, steps, generator):
-    """The straightforward loop: full autograd through trainable weights, texts encoded every step."""
-    def logits(images):
-        image = F.normalize(model.encode_image(resize_and_normalize(images, preprocess)), dim=-1)
-        text = F.normalize(model.encode_text(tokens), dim=-1)
-        return model.logit_scale.exp() * image @ text.T
-
-    x_adv = (x + (torch.rand(x.shape, generator=generator) * 2 - 1) * eps).clamp(0, 1)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        loss = F.cross_entropy(logits(x_adv), y)
-        model.zero_grad()
-        loss.backward()
-        x_adv = torch.min(torch.max(x_adv + alpha * x_adv.grad.sign(), x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
 
 
 def plain_pgd(model, text, preprocess, x, y, eps, alpha, steps, generator):

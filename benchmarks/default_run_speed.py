@@ -78,8 +78,8 @@ def main() -> None:
         short = {name: subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
                                       text=True).stdout.strip() for name, rev in names.items()}
         accuracy = {name: robust_by_dataset(scratch_path / f"{name}-0") for name in trees}
-        images = len(accuracy["baseline"]) and sum(1 for _ in (scratch_path / "baseline-0").glob("*.parquet"))
-        print(f"`vlmbench {' '.join(COMMAND)}` ({len(accuracy['baseline'])} world datasets in {images} cells), "
+        cells = len(list((scratch_path / "baseline-0").glob("*.parquet")))
+        print(f"`vlmbench {' '.join(COMMAND)}` ({len(accuracy['baseline'])} world datasets in {cells} cells), "
               f"{args.threads} thread(s), "
               f"{args.rounds} interleaved round(s), warm cache")
         for name in trees:

@@ -55,7 +55,7 @@ from vlmbench.batch import _PassCounter
 from vlmbench.classifier import ZeroShotClassifier, class_text_embeddings, resize_and_normalize
 from vlmbench.cost import PassCount
 from vlmbench.execute import use_fp32
-from vlmbench.models import ClipModel, Preprocess, freeze, parameter_fingerprint
+from vlmbench.models import ClipModel, Preprocess, freeze, parameter_fingerprint, preprocess_of
 from vlmbench.names import parse_attack_name
 from vlmbench.precision import hardware_name, running_in
 from vlmbench.protocol import ThreatModel
@@ -75,12 +75,8 @@ def random_init_model(arch: str, device: torch.device) -> ClipModel:
     """An open_clip architecture with random weights (seed 0), loaded as vlmbench's ``OpenClipModel`` would."""
     torch.manual_seed(0)
     module = freeze(open_clip.create_model(arch, pretrained=None)).to(device)
-    cfg = open_clip.get_model_preprocess_cfg(module)
-    size = cfg.get("size", 224)
-    preprocess = Preprocess((size, size) if isinstance(size, int) else tuple(size), tuple(cfg["mean"]),
-                            tuple(cfg["std"]), cfg.get("interpolation", "bicubic"), cfg.get("resize_mode", "shortest"))
     tokenizer = open_clip.get_tokenizer(arch)
-    return ClipModel(f"{arch}:random-init", module, tokenizer, preprocess, parameter_fingerprint(module))
+    return ClipModel(f"{arch}:random-init", module, tokenizer, preprocess_of(module), parameter_fingerprint(module))
 
 
 class Workload:

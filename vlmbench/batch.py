@@ -208,7 +208,7 @@ def predict_draws(cell: Cell, x: torch.Tensor, seed: int) -> tuple[torch.Tensor,
             logits = logits.float()
             predictions.append(logits.argmax(dim=1))
             votes += F.one_hot(predictions[-1], classes)
-            probabilities += logits.float().softmax(dim=1)
+            probabilities += logits.softmax(dim=1)
     vote = (votes + probabilities / (draws + 1)).argmax(dim=1)  # the probability term is < 1: a tie-break
     return vote, torch.stack(predictions, dim=1)
 

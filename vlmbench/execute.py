@@ -146,6 +146,7 @@ class Workbench:
         self._adapted: OrderedDict[tuple[int, int], tuple[ClipModel, DefenseContext]] = OrderedDict()
         self._settings: OrderedDict[tuple[int, int, int], _Setting] = OrderedDict()
         self._source: tuple[ClipModel | None, DefenseContext | None, tuple[Defense, ...]] | None = None
+        self._precisions: dict[tuple[int, int], tuple[str, dict[str, Any] | None]] = {}
 
     def _remember(self, cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
         if key in cache:
@@ -244,11 +245,15 @@ class Workbench:
 
     def precision(self, key: CellKey) -> tuple[str, dict[str, Any] | None]:
         """The precision the cell runs in and the parity record that allows it (:func:`vlmbench.precision.resolve`:
-        the weights before training-time defenses and the defense's test-time parts key the record)."""
-        plan_ = self.plan
-        test_time = "+".join(p.name for p in plan_.defenses[key.defense].parts if p.is_test_time())
-        return resolve_precision(plan_.request.precision, plan_.device, plan_.models[key.model].name,
-                                 self.original(key.model).fingerprint, test_time)
+        the weights before training-time defenses and the defense's test-time parts key the record). Resolved
+        once per (model, defense) in this workbench, so a cell's protocol and its run metadata agree."""
+        slot = (key.model, key.defense)
+        if slot not in self._precisions:
+            plan_ = self.plan
+            self._precisions[slot] = resolve_precision(plan_.request.precision, plan_.device, plan_.models[key.model].name,
+                                                       self.original(key.model).fingerprint,
+                                                       plan_.defenses[key.defense].test_time)
+        return self._precisions[slot]
 
     def run_job(self, job: tuple[CellKey, ...], on_cell: Callable[[Protocol, int], None] | None = None,
                 on_advance: Callable[[int], None] | None = None,

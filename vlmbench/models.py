@@ -90,6 +90,21 @@ def parameter_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def preprocess_of(module: torch.nn.Module) -> Preprocess:
+    """The input size, normalisation and resize rule open_clip configured for ``module``."""
+    import open_clip
+
+    cfg = open_clip.get_model_preprocess_cfg(module)
+    size = cfg.get("size", 224)
+    return Preprocess(
+        size=(size, size) if isinstance(size, int) else tuple(size),  # type: ignore[arg-type]
+        mean=tuple(cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(cfg["std"]),  # type: ignore[arg-type]
+        interpolation=cfg.get("interpolation", "bicubic"),
+        resize_mode=cfg.get("resize_mode", "shortest"),
+    )
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """float32, eval mode, no parameter gradients (attacks only need input gradients)."""
     module = module.float().eval()
@@ -155,15 +170,7 @@ class OpenClipModel(ModelPlugin):
                 tokenizer = self._make_tokenizer()
         except Exception as exc:
             raise ModelLoadError(_explain_load_failure(self.name, exc)) from exc
-        cfg = open_clip.get_model_preprocess_cfg(module)
-        size = cfg.get("size", 224)
-        preprocess = Preprocess(
-            size=(size, size) if isinstance(size, int) else tuple(size),  # type: ignore[arg-type]
-            mean=tuple(cfg["mean"]),  # type: ignore[arg-type]
-            std=tuple(cfg["std"]),  # type: ignore[arg-type]
-            interpolation=cfg.get("interpolation", "bicubic"),
-            resize_mode=cfg.get("resize_mode", "shortest"),
-        )
+        preprocess = preprocess_of(module)
         if preprocess.resize_mode not in ("shortest", "squash"):
             raise ModelLoadError(
                 f"model {self.name!r}: resize_mode {preprocess.resize_mode!r} is not supported (use shortest or squash)"

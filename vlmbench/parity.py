@@ -8,6 +8,7 @@ with other random starts, and the candidate precision — compares the per-image
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import replace
@@ -38,34 +39,28 @@ def measure(request: RunRequest, candidate: str) -> dict[str, Any]:
     if len(request.models) != 1 or len(request.defenses) != 1:
         raise PrecisionError("a parity record is per model and defense: give one --model and one --defense")
     runs = {"fp32": replace(request, precision="fp32"),
-            "fp32_other_starts": replace(request, precision="fp32", batch_size=max(request.batch_size // 2, 1)
-                                       if request.batch_size > 1 else 2),
+            "fp32_other_starts": replace(request, precision="fp32",
+                                         batch_size=request.batch_size // 2 if request.batch_size > 1 else 2),
             "candidate": replace(request, precision=candidate)}
     scratch = tempfile.mkdtemp(prefix="parity-", dir=_scratch_root())
     rows: dict[str, pd.DataFrame] = {}
-    protocol = None
     try:
         with measuring():
             for name, run in runs.items():
                 the_plan = plan(replace(run, output=Path(scratch) / name))
                 outcomes = execute(the_plan)
                 rows[name] = pd.concat([o.rows for o in outcomes], ignore_index=True)
-                protocol = protocol or outcomes[0].protocol
-                if name == "candidate":
-                    test_time = "+".join(p.name for p in the_plan.defenses[0].parts if p.is_test_time())
-                    device = the_plan.device
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     order = ["dataset", "eps", "track", "attack", "sample_index"]
     aligned = {name: frame.sort_values(order, kind="stable").reset_index(drop=True) for name, frame in rows.items()}
     if any(not aligned[name][order].equals(aligned["fp32"][order]) for name in aligned):
         raise PrecisionError("the three parity runs evaluated different images; nothing was recorded")
-    seconds = {"fp32": float(rows["fp32"]["time_s"].sum()), "fp32_other_starts": float(rows["fp32_other_starts"]["time_s"].sum()),
-               "candidate": float(rows["candidate"]["time_s"].sum())}
+    seconds = {name: float(frame["time_s"].sum()) for name, frame in rows.items()}
     figures = verdict(*(aligned[name]["robust"].astype(bool).tolist() for name in ("fp32", "fp32_other_starts", "candidate")),
                       seconds)
-    assert protocol is not None
-    key = key_for(device, request.models[0], protocol.model.version, test_time, candidate)
+    weights = json.loads(rows["candidate"]["protocol"].iloc[0])["model"]["version"]  # before training-time parts
+    key = key_for(the_plan.device, request.models[0], weights, the_plan.defenses[0].test_time, candidate)
     measured = {**figures, "cells": int(rows["fp32"]["cell_id"].nunique()),
                 "request": {"defense": request.defenses[0], "attacks": list(request.attacks),
                             "datasets": sorted(set(rows["fp32"]["dataset"])), "eps": list(request.eps),

@@ -55,6 +55,11 @@ class DefenseChoice:
     eval_draws: int = 1  # majority vote over this many forward draws (1: deterministic)
 
     @property
+    def test_time(self) -> str:
+        """Its test-time parts, ``+``-joined (``""``: none); they key a precision's parity record."""
+        return "+".join(part.name for part in self.parts if part.is_test_time())
+
+    @property
     def non_differentiable(self) -> tuple[str, ...]:
         """The declared non-differentiable steps of every part (BPDA on the adaptive track)."""
         return tuple(sorted({step for part in self.parts for step in part.non_differentiable}))
@@ -253,7 +258,7 @@ def plan(request: RunRequest) -> Plan:
     check_writable(cache_dir(), "cache folder (VLMBENCH_CACHE)")
     device = resolve_device(request.device)
     check_request(request.precision, device, list(request.models),  # tf32 off CUDA; any parity record at all
-                  sorted({"+".join(p.name for p in d.parts if p.is_test_time()) for d in defenses}))
+                  sorted({d.test_time for d in defenses}))
     return Plan(request, models, defenses, datasets, attacks, device, source, source_defense,
                 label_spaces, data_choices, notes)
 
