@@ -109,6 +109,16 @@ def test_parity_measures_three_runs_and_writes_the_record_that_allows_bf16(tiny_
         assert bf16.exit_code != 0 and record["why_not"][0] in " ".join(bf16.output.split())
 
 
+@pytest.mark.parametrize(("precision", "message"), [("fp32", "parity is measured for bf16 or tf32 against fp32"),
+                                                     ("fp16", "bad precision 'fp16'")])
+def test_parity_refuses_what_it_cannot_measure_in_one_line(tiny_model_plugin_file, own_cache, precision, message):
+    result = CliRunner().invoke(app, ["parity", "--precision", precision, "--plugin", str(tiny_model_plugin_file),
+                                      "--model", "tiny-world", "--threads", "1"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and message in errors[0], result.output
+    assert not (own_cache / "parity").exists() or not list((own_cache / "parity").glob("*.json"))  # nothing recorded
+
+
 def test_the_verdict_applies_the_stated_tolerances():
     n = MIN_SAMPLES
     fp32 = [True] * 50 + [False] * (n - 50)
