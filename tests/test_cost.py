@@ -123,6 +123,22 @@ def test_the_counter_must_count_one_forward_pass_per_image_of_the_undefended_cla
         inference_cost(classifier, Twice(), torch.rand(2, 3, 2, 2), 0, encoders=[encoder_of(model)], defense="none")
 
 
+def test_a_pipeline_without_test_time_part_is_measured_once(monkeypatch):
+    """``defended is undefended``: one counted prediction and one set of timed repeats, not two."""
+    from vlmbench import cost
+
+    model = _model()
+    classifier = _classifier(model)
+    calls = []
+    classifier.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    ticks = iter(range(100))
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: float(next(ticks)) ** 2)  # every timing differs
+    measured = inference_cost(classifier, classifier, torch.rand(3, 3, 2, 2), 0, encoders=[encoder_of(model)], repeats=3)
+    assert calls == [3] * 4  # the counted prediction, then 3 timed ones
+    assert _passes(measured) == (1, 0)
+    assert measured["infer_time_s"] == measured["infer_time_s_undefended"] == 1 / 3  # fastest: (1² − 0²) / 3 images
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_timing_waits_for_cuda_kernels(monkeypatch):
     from vlmbench import cost

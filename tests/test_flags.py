@@ -36,6 +36,25 @@ def test_random_and_gradient_masking_defenses_are_flagged_per_cell(tmp_path):
     assert "sanity flags: none" in honest.output
 
 
+def test_the_randomness_check_compares_an_earlier_prediction_with_a_new_one():
+    """``predicted`` (the contract check's logits) stands in for the first of the two predictions."""
+    import torch
+
+    from vlmbench.flags import cell_flags
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    x, y = torch.rand(5, 3, 2, 2), torch.tensor([0, 1, 2, 3, 0])
+    calls = []
+    model.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    with torch.no_grad():
+        predicted = model(x)
+    calls.clear()
+    assert cell_flags(model, model, x, y, predicted=predicted) == []
+    assert calls == [5, 5]  # one new prediction, then the gradient check's forward
+    assert cell_flags(model, model, x, y, predicted=predicted + torch.randn_like(predicted)) == ["forward-randomness"]
+
+
 def _cell(attack="pgd-10", track="oblivious", eps=1, clean=(1, 1, 1, 1), adv=(0, 0, 1, 1), flags=""):
     return pd.DataFrame({
         "model": "m", "defense": "d", "attack": attack, "track": track, "norm": "linf", "eps": eps / 255,

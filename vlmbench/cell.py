@@ -242,7 +242,7 @@ def compute_cell(
                                   loaded=(first, first_labels) if start == 0 else next(loaded))
                 if flags is None:
                     flags = measure_cell_flags(cell, first, first_labels, batch_seed(protocol.seed, cell_id, -1),
-                                               frame if start == 0 else None)
+                                               frame if start == 0 else None, logits)
                 frame["flags"] = flags
                 frame = frame.assign(**cost)
                 if kept is not None:
@@ -353,14 +353,16 @@ def _read_part(path: Path, batch_indices: list[int]) -> pd.DataFrame | None:
 
 
 def measure_cell_flags(cell: Cell, x: torch.Tensor, y: torch.Tensor, seed: int,
-                       first_rows: pd.DataFrame | None = None) -> str:
+                       first_rows: pd.DataFrame | None = None, predicted: torch.Tensor | None = None) -> str:
     """The per-cell sanity flags (:func:`vlmbench.flags.cell_flags`, and the ε sweep) on the cell's
     first batch ``x``, ``y``, as a ``;``-joined string. ``first_rows``: the rows the cell's attack
-    produced on that batch; the sweep takes its 1ε point from them instead of attacking again."""
+    produced on that batch; the sweep takes its 1ε point from them instead of attacking again.
+    ``predicted``: the defended model's logits on ``x`` from the contract check, which the randomness
+    check compares with a new prediction."""
     torch.manual_seed(seed)
     labels = y if cell.superclasses is None else cell.superclasses.of(y)
     found = cell_flags(cell.defended, in_label_space(cell, crafting_model(cell)), x, labels,
-                       declared_stochastic=cell.protocol.eval_draws > 1)
+                       declared_stochastic=cell.protocol.eval_draws > 1, predicted=predicted)
     if cell.eps_sweep and cell.attack.cls.name != "none":
         at_eps = None
         if first_rows is not None and not cell.skip:  # a cascade's rows keep earlier attacks' outcomes

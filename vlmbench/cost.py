@@ -94,7 +94,9 @@ def inference_cost(defended: torch.nn.Module, undefended: torch.nn.Module, x: to
                    encoders: Sequence[torch.nn.Module] | None = None, repeats: int = 3, *,
                    defense: str | None = None) -> dict[str, float]:
     """:data:`COST_COLUMNS` for no-grad predictions of ``x`` ``(N,3,H,W)`` in [0,1]: passes of the first
-    prediction, seconds the fastest of ``repeats``. Seeds torch's global generator.
+    prediction, seconds the fastest of ``repeats``. Seeds torch's global generator before the defended
+    prediction. When ``defended`` is ``undefended`` (no test-time part) it is measured once and both
+    timings are that measurement.
 
     ``encoders``: the image towers to count (:func:`encoder_of` the evaluated and the original model);
     those found inside ``defended`` and ``undefended`` are added (None: only those). ``defense`` names
@@ -115,6 +117,10 @@ def inference_cost(defended: torch.nn.Module, undefended: torch.nn.Module, x: to
             f"{plain.forward / n:g} forward passes per image instead of 1 through the {len(towers)} image towers "
             f"known; pass the evaluated model's tower as encoders (cost.encoder_of)"
         )
+    if defended is undefended:  # no test-time part: the defended prediction is the classifier's
+        plain_seconds = _seconds_per_image(undefended, x, repeats)
+        return {"infer_time_s": plain_seconds, "infer_time_s_undefended": plain_seconds,
+                "infer_forward_passes": plain.forward / n, "infer_backward_passes": plain.backward / n}
     torch.manual_seed(seed)
     with counting_passes(list(towers.values())) as passes, torch.no_grad():
         defended(x)

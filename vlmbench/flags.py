@@ -47,18 +47,20 @@ DOCS = "docs/flags.md"
 
 
 def cell_flags(defended: torch.nn.Module, crafting: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               declared_stochastic: bool = False) -> list[str]:
+               declared_stochastic: bool = False, predicted: torch.Tensor | None = None) -> list[str]:
     """The per-cell flags, measured on one batch. Draws from torch's global generator.
 
     ``forward-randomness`` flags *undeclared* randomness only: a defense that declares ``stochastic``
-    is scored over several draws and attacked with EOT, which is the correct handling."""
+    is scored over several draws and attacked with EOT, which is the correct handling. ``predicted``:
+    logits of an earlier no-grad prediction of ``x`` by ``defended``, compared with a new one instead
+    of predicting twice."""
     import torch
     import torch.nn.functional as F
 
     found = []
     if not declared_stochastic:
         with torch.no_grad():
-            first = F.normalize(defended(x), dim=1)
+            first = F.normalize(defended(x) if predicted is None else predicted, dim=1)
             second = F.normalize(defended(x), dim=1)
         if (first - second).abs().max() > RANDOMNESS_TOLERANCE:
             found.append("forward-randomness")
