@@ -342,7 +342,8 @@ def _matrix_requests(o: dict[str, Any], given: set[str]) -> tuple[list[Any], dic
 def print_plan(plans: list[Any], work: list[Any], where: str) -> None:
     """``vlmbench plan``: one row per cell (status, images, estimated model calls), then the totals
     and a time estimate per model from the throughput measured in the output folder on this device."""
-    from vlmbench.execute import device_name, measured_seconds_per_call, preview
+    from vlmbench.execute import measured_seconds_per_call, preview
+    from vlmbench.precision import hardware_name
 
     cells = [(index, cell) for index, plan_ in enumerate(plans)
              for cell in preview(plan_, [job for i, job in work if i == index])]
@@ -364,7 +365,7 @@ def print_plan(plans: list[Any], work: list[Any], where: str) -> None:
     for index, c in todo:
         plan_ = plans[index]
         model = plan_.models[c.key.model].name
-        slot = (model, str(plan_.request.output), device_name(plan_.device))  # not run_metadata: it runs git
+        slot = (model, str(plan_.request.output), hardware_name(plan_.device))  # not run_metadata: it runs git
         by_model[slot] = by_model.get(slot, 0.0) + c.forward + 2 * c.backward
     for (model, output, device), calls in by_model.items():
         rate = measured_seconds_per_call(Path(output), model, device)

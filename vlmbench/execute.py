@@ -30,7 +30,7 @@ from vlmbench import results
 from vlmbench.cell import CellOutcome, cell_filename, remove_leftovers, run_cell
 from vlmbench.errors import VlmbenchError
 from vlmbench.plan import CellKey, Plan, shard
-from vlmbench.precision import resolve as resolve_precision
+from vlmbench.precision import hardware_name, resolve as resolve_precision
 from vlmbench.targets import SuperclassMap
 
 
@@ -62,11 +62,6 @@ def git_revision() -> str | None:
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def device_name(device: torch.device) -> str:
-    """The device as run metadata names it (the GPU's model, else the CPU's)."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
-
 def run_metadata(device: torch.device) -> dict[str, Any]:
     return {
         "versions": package_versions(),
@@ -74,7 +69,7 @@ def run_metadata(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch_cuda": torch.version.cuda,
-        "device": device_name(device),
+        "device": hardware_name(device),  # the GPU's name, else the CPU's model name
         "torch_threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
     }
