@@ -112,6 +112,55 @@ def test_pgd_breaks_a_tiny_model_and_restarts_keep_the_first_success():
     assert fooled_one > 0 and fooled_three >= fooled_one
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+def test_early_stop_returns_the_first_fooling_iterate_of_the_full_run_and_spends_no_step_after_it(targeted):
+    from attacks.pgd import ascent_direction, cross_entropy_loss, project, random_start, targeted_cross_entropy_loss
+
+    model = TinyLinearClassifier()
+    x = torch.rand(48, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    clean = model(x).argmax(1)
+    y = (clean + 1) % 5 if targeted else clean
+    threat = ThreatModel.build("linf", 3 / 255, 6)
+    loss_fn = targeted_cross_entropy_loss if targeted else cross_entropy_loss
+    # the reference: every sample takes every step; note each iterate a forward pass sees
+    delta = random_start(x, threat, torch.Generator().manual_seed(0))
+    iterates = []
+    for _ in range(threat.steps):
+        delta.requires_grad_(True)
+        iterates.append((x + delta).detach())
+        (grad,) = torch.autograd.grad(loss_fn(model(x + delta), y).sum(), delta)
+        delta = project(delta.detach() + threat.step_size * ascent_direction(grad, threat), threat)
+        delta = (x + delta).clamp(0, 1) - x
+    last = (x + delta).detach()
+    fooled = torch.stack([(model(it).argmax(1) == y) if targeted else (model(it).argmax(1) != y) for it in iterates])
+    first = torch.where(fooled.any(0), fooled.int().argmax(0), torch.full_like(y, threat.steps))
+    expected = torch.stack([iterates[t][i] if t < threat.steps else last[i] for i, t in enumerate(first.tolist())])
+    assert 0 < int(fooled.any(0).sum()) < len(x)  # some samples stop early, others run every step
+
+    calls = []
+
+    def counted(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return model(images)
+
+    pgd = plugins().attacks.get("pgd")(threat, early_stop=True)
+    target = {"target": y} if targeted else {}
+    got = pgd.perturb(counted, x, clean, torch.Generator().manual_seed(0), **target)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert sum(calls) == int((first + 1).clamp(max=threat.steps).sum())  # a sample's steps end where it was fooled
+    assert pgd.params()["early_stop"] is True
+    full = plugins().attacks.get("pgd")(threat).perturb(model, x, clean, torch.Generator().manual_seed(0), **target)
+    torch.testing.assert_close(full, last, rtol=0, atol=1e-6)  # without early stop: the last iterate, as before
+
+
+def test_early_stop_is_refused_with_eot_and_by_attacks_that_do_not_honour_it():
+    threat = ThreatModel.build("linf", 4 / 255, 2)
+    with pytest.raises(AttackError, match="stop early"):
+        plugins().attacks.get("pgd")(threat, eot_draws=4, early_stop=True)
+    with pytest.raises(AttackError, match="stop early"):
+        plugins().attacks.get("noise")(threat, early_stop=True)
+
+
 def test_pgd_refuses_a_model_without_input_gradient():
     class Detached(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -68,8 +68,19 @@ def test_jobs_chain_the_cascade_and_estimates_match_the_passes_a_run_records(tin
         forward, backward = the_plan.estimated_passes(key)
         rows = outcome.rows
         evaluation = 2 * rows["eval_draws"].sum()  # clean and adversarial forwards, not in forward_passes
-        assert forward == pytest.approx(rows["forward_passes"].sum() + evaluation)
-        assert backward == pytest.approx(rows["backward_passes"].sum())
+        if the_plan.early_stop(key):  # an upper bound: images leave the attack once fooled
+            assert the_plan.attack_for(key).spec == "pgd-2"
+            assert len(rows) <= rows["backward_passes"].sum() < backward
+            assert rows["forward_passes"].sum() + evaluation < forward
+        else:
+            assert forward == pytest.approx(rows["forward_passes"].sum() + evaluation)
+            assert backward == pytest.approx(rows["backward_passes"].sum())
+    plugins().load_source(str(Path(__file__).parent / "plugins" / "toy_defenses.py"))
+    full = plan(RunRequest(**{**vars(request), "defenses": ("toy-quantise",), "output": tmp_path / "full"}))
+    key = next(k for k in full.cells() if full.attack_for(k).spec == "pgd-2")
+    assert not full.early_stop(key)  # oblivious attack on a test-time defense: every step, exactly the estimate
+    rows = execute(full)[full.cells().index(key)].rows
+    assert full.estimated_passes(key)[1] == pytest.approx(rows["backward_passes"].sum())
     assert [p.status for p in preview(the_plan)] == ["complete", "complete"]
 
 
@@ -91,6 +102,25 @@ def test_a_batch_that_does_not_fit_in_gpu_memory_is_one_line_and_keeps_the_finis
     assert result.exit_code == 2 and len(errors) == 1, result.output
     assert "does not fit in GPU memory; rerun with a smaller --batch-size (e.g. 2)" in errors[0], errors[0]
     assert "Traceback" not in result.output and len(list(output.glob("*.parquet"))) == 2  # two cells finished
+
+
+def test_attacks_stop_early_only_where_the_attacked_model_is_the_scored_one(tiny_model_plugin_file, tmp_path):
+    from vlmbench.registry import plugins
+
+    plugins().load_source(str(tiny_model_plugin_file))
+    plugins().load_source(str(Path(__file__).parent / "plugins" / "toy_defenses.py"))
+    request = RunRequest(models=("tiny-world",), attacks=("pgd-2", "none"), datasets=("world-shape",), eps=("1/255",),
+                         defenses=("none", "toy-quantise", "toy-noise"), n_samples=4, output=tmp_path / "out")
+    the_plan = plan(request)
+    stops = {(the_plan.defenses[k.defense].spec, the_plan.attack_for(k).spec, k.track): the_plan.early_stop(k)
+             for k in the_plan.cells()}
+    assert {cell for cell, stop in stops.items() if stop} == {
+        ("none", "pgd-2", "oblivious"),  # no test-time defense: the classifier attacked is the one scored
+        ("toy-quantise", "pgd-2", "adaptive"),  # the whole deterministic pipeline is attacked and scored
+    }
+    assert ("toy-quantise", "pgd-2", "oblivious") in stops and ("toy-noise", "pgd-2", "adaptive") in stops
+    transfer = plan(RunRequest(**{**vars(request), "defenses": ("none",), "source_model": "tiny-world"}))
+    assert not any(transfer.early_stop(k) for k in transfer.cells())  # crafted on another model
 
 
 def test_two_shards_together_equal_the_unsharded_run(tiny_model_plugin_file, tmp_path):

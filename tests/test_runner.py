@@ -53,7 +53,10 @@ def test_run_writes_one_parquet_per_cell_with_the_protocol(tiny_model_plugin_fil
     assert (rows["cell_id"] == protocol.cell_hash()).all()
     assert (rows["linf"] <= 2 / 255 + 1e-6).all()
     assert (rows["robust"] == (rows["clean_correct"] & rows["adv_correct"])).all()
-    assert (rows["backward_passes"] == 2).all() and (rows["forward_passes"] == 2).all()
+    # no test-time defense: PGD stops on an image at the first iterate that fools the model (≤ 2 steps each)
+    assert protocol.attack.params["early_stop"] is True
+    assert ((rows["backward_passes"] >= 1) & (rows["backward_passes"] <= 2)).all()
+    assert (rows["forward_passes"] == rows["backward_passes"]).all() and (rows["backward_passes"] < 2).any()
     run = json.loads(table.schema.metadata[results.RUN_KEY])
     assert run["versions"]["vlmbench"] and run["wall_time_s"] > 0 and "command" in run
 

@@ -44,7 +44,9 @@ class Attack(ABC):
             ``defense_loss``: adding a defense's own objective on the adaptive track, see
             :mod:`vlmbench.adaptive`; ``targeted``: the target modes of :mod:`vlmbench.targets`;
             ``start``: beginning from given images, which the adaptive track uses to start from the
-            oblivious attack's result).
+            oblivious attack's result; ``early_stop``: returning, per image, the first iterate that
+            fools the model and spending no further step on it — the runner asks for it only where
+            the attacked model is the scored one, deterministically).
             Setting one it does not honour is an error; in the protocol record a step size it does
             not use is 0 (adaptive, e.g. APGD) and its restarts are in its params.
 
@@ -52,6 +54,8 @@ class Attack(ABC):
         threat: the budget to respect.
         config: instance of ``Config`` (default: all defaults).
         eot_draws: estimate each gradient over this many forward passes of a random model (EOT).
+        early_stop: stop on an image at the first iterate that fools the model (attacks that honour
+            ``early_stop``; never with EOT, where one draw's misclassification is not a success).
     """
 
     name: ClassVar[str]
@@ -62,14 +66,17 @@ class Attack(ABC):
     default_steps: ClassVar[int] = 10
     honours: ClassVar[frozenset[str]] = frozenset({"step_size", "restarts", "random_start", "eot"})
 
-    def __init__(self, threat: ThreatModel, config: Any = None, eot_draws: int = 1) -> None:
+    def __init__(self, threat: ThreatModel, config: Any = None, eot_draws: int = 1, early_stop: bool = False) -> None:
         if threat.norm not in self.norms:
             raise AttackError(f"attack {self.name!r} does not support norm {threat.norm!r} (supports {', '.join(self.norms)})")
         if eot_draws < 1 or (eot_draws > 1 and "eot" not in self.honours):
             raise AttackError(f"attack {self.name!r} cannot average gradients over {eot_draws} draws (EOT)")
+        if early_stop and ("early_stop" not in self.honours or eot_draws > 1):
+            raise AttackError(f"attack {self.name!r} cannot stop early here ({'with EOT' if eot_draws > 1 else 'not supported'})")
         self.threat = threat
         self.config = config if config is not None else self.Config()
         self.eot_draws = eot_draws
+        self.early_stop = early_stop
 
     @abstractmethod
     def perturb(self, model: Model, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -92,14 +99,19 @@ class Attack(ABC):
 
     def params(self, num_classes: int | None = None) -> dict[str, Any]:
         """The attack's parameters for the protocol record, as they take effect on a dataset with
-        ``num_classes`` classes (attacks whose behaviour depends on it, such as target counts, say so)."""
-        return config_dict(self.config)
+        ``num_classes`` classes (attacks whose behaviour depends on it, such as target counts, say so).
+        Attacks that honour ``early_stop`` record whether they stopped early."""
+        params = config_dict(self.config)
+        if "early_stop" in self.honours:
+            params["early_stop"] = self.early_stop
+        return params
 
     def estimated_passes(self, num_classes: int) -> tuple[float, float]:
         """Planning estimate, per image, of ``(forward, backward)`` calls of the model the attack
         differentiates, on ``num_classes`` classes, EOT draws included: an upper bound for attacks
         that stop early (AutoAttack's later sub-attacks only see the images the earlier ones left).
-        The default, ``steps × restarts × EOT`` of each, is exact for PGD-style attacks; attacks that
+        The default, ``steps × restarts × EOT`` of each, is exact for PGD-style attacks (an upper bound
+        when they stop early on fooled images); attacks that
         spend their budget otherwise override it. The planner (``vlmbench plan``) sums these; the
         passes that really ran are measured and recorded in every row (``forward_passes``)."""
         calls = float(self.threat.steps * max(self.threat.restarts, 1) * self.eot_draws)

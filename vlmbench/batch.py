@@ -72,6 +72,7 @@ class Cell:
     parts: tuple[Defense, ...] = ()  # the defense's parts (their declared non-differentiable steps are checked)
     original: ClipModel | None = None  # the model before training-time defenses (TTC's τ encoder)
     save_adversarials: bool = False  # store the adversarial images (attacked cells of --save-adversarials)
+    early_stop: bool = False  # the attack stops on an image once it fools the model (Plan.early_stop)
 
 
 def read_batch(cell: Cell, indices: list[int], pool: ThreadPoolExecutor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +179,7 @@ def attack_images(
             warm = _PassCounter(in_label_space(cell, cell.classifier))
             extra["start"] = attack.build().perturb(warm, x[index], labels[index], generator, **extra).detach()
             counter.passes.add(warm.passes)
-        x_adv[index] = attack.build(protocol.eot_draws).perturb(counter, x[index], labels[index], generator, **extra).detach()
+        x_adv[index] = attack.build(protocol.eot_draws, cell.early_stop).perturb(counter, x[index], labels[index], generator, **extra).detach()
     return x_adv, target, attacked, counter
 
 

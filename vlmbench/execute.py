@@ -217,7 +217,8 @@ class Workbench:
         return Protocol(
             model=PluginRef(plan_.models[key.model].name, setting.original.fingerprint),
             defense=defense.ref(),
-            attack=PluginRef(attack.spec, attack.cls.version, attack.build(eot).params(plan_.attacked_classes(key)),
+            attack=PluginRef(attack.spec, attack.cls.version,
+                             attack.build(eot, plan_.early_stop(key)).params(plan_.attacked_classes(key)),
                              source_fingerprint(attack.cls)),
             threat=attack.threat,
             data=setting.data_spec,
@@ -267,7 +268,7 @@ class Workbench:
             cell = Cell(protocol, setting.model, attack, setting.classifier, setting.defended, plan_.datasets[key.dataset][1],
                         indices, plan_.device, setting.source_classifier, setting.superclasses, dict(broken),
                         plan_.request.eps_sweep, defense.parts, setting.original,
-                        plan_.request.save_adversarials and attack.cls.name != "none")
+                        plan_.request.save_adversarials and attack.cls.name != "none", plan_.early_stop(key))
             parity = self.precision(key)[1]
             meta = self.meta if parity is None else {**self.meta, "precision_parity": parity}
             outcome = run_cell(cell, plan_.request.output, meta, on_advance, on_wait)

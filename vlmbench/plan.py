@@ -41,9 +41,9 @@ class AttackChoice:
     threat: ThreatModel
     config: Any
 
-    def build(self, eot_draws: int = 1) -> Attack:
-        """The attack instance (constructing it validates norm support and EOT)."""
-        return self.cls(self.threat, self.config, eot_draws)
+    def build(self, eot_draws: int = 1, early_stop: bool = False) -> Attack:
+        """The attack instance (constructing it validates norm support, EOT and early stop)."""
+        return self.cls(self.threat, self.config, eot_draws, early_stop)
 
 
 @dataclass(frozen=True)
@@ -145,12 +145,26 @@ class Plan:
         superclasses = self.label_spaces.get(plugin.name, ("", None))[1]
         return len(superclasses.superclasses) if superclasses is not None else dataset.num_classes
 
+    def early_stop(self, key: CellKey) -> bool:
+        """Whether the cell's attack stops on an image at the first iterate that fools the model it
+        attacks. Only where that model is the model scored, deterministically: no test-time defense
+        part (or the adaptive track, which attacks the whole pipeline), no random part, one EOT and
+        one evaluation draw, not the transfer track; and only for attacks that honour ``early_stop``.
+        Recorded in the attack's params, so it is part of the cell's identity."""
+        attack, defense = self.attack_for(key), self.defenses[key.defense]
+        eot = defense.eot_draws if key.track == "adaptive" else 1
+        test_time = any(part.is_test_time() for part in defense.parts)
+        random = any(part.stochastic for part in defense.parts)
+        return ("early_stop" in attack.cls.honours and eot == 1 and defense.eval_draws == 1 and not random
+                and key.track != "transfer" and (key.track == "adaptive" or not test_time))
+
     def estimated_passes(self, key: CellKey) -> tuple[float, float]:
         """Planning estimate of the cell's ``(forward, backward)`` model calls over all its images:
         the attack's own (:meth:`vlmbench.attack.Attack.estimated_passes`, EOT draws on the adaptive
         track), the oblivious start of an adaptive attack, and the evaluation forwards (clean and
         adversarial, each ``eval_draws`` times). A test-time defense multiplies each call by its own
-        inference cost (measured per cell, recorded as ``inference_passes``)."""
+        inference cost (measured per cell, recorded as ``inference_passes``). An upper bound where the
+        attack stops early (:meth:`early_stop`)."""
         attack, defense = self.attack_for(key), self.defenses[key.defense]
         classes = self.attacked_classes(key)
         eot = defense.eot_draws if key.track == "adaptive" else 1
