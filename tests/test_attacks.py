@@ -114,7 +114,7 @@ def test_pgd_breaks_a_tiny_model_and_restarts_keep_the_first_success():
 
 @pytest.mark.parametrize("targeted", [False, True])
 def test_early_stop_returns_the_first_fooling_iterate_of_the_full_run_and_spends_no_step_after_it(targeted):
-    from attacks.pgd import ascent_direction, cross_entropy_loss, project, random_start, targeted_cross_entropy_loss
+    from vlmbench.attacks.pgd import ascent_direction, cross_entropy_loss, project, random_start, targeted_cross_entropy_loss
 
     model = TinyLinearClassifier()
     x = torch.rand(48, 3, 8, 8, generator=torch.Generator().manual_seed(5))
