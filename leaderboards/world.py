@@ -34,9 +34,9 @@ TEST_TIME_DEFENSES = ("ttc", "scc", "clipure_cos")
 COMMON = ("--model", "world-vit", "--attack", "pgd-10,cw-10", "--samples", "30", "--selection", "balanced",
           "--seed", "0", "--threads", "1")
 # Training-time defenses at both radii. Test-time defenses at 1/255 only (the main setting of TTC and
-# SCC), on both tracks: their adaptive track (40 steps, 10 EOT draws, 10 evaluation draws) took 2-4
-# minutes per 30-image cell on a shared 2-core CPU (SCC's 15-25 minutes), so 4/255 would double an
-# entry that is already the longest job.
+# SCC), on both tracks: their adaptive track (40 steps, 10 EOT draws, 10 evaluation draws) took about
+# 6 minutes per 30-image cell on a shared 2-core CPU (SCC's 13-22 minutes; the whole entry 4.5 hours
+# of cell time), so 4/255 would double an entry that is already the longest job.
 TRAINING_EPS = ("--eps", "1/255,4/255")
 TEST_TIME_EPS = ("--eps", "1/255")
 # Agreement of a re-run cell with the committed one: every per-sample prediction equal is
