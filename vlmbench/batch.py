@@ -72,7 +72,12 @@ class Cell:
     parts: tuple[Defense, ...] = ()  # the defense's parts (their declared non-differentiable steps are checked)
     original: ClipModel | None = None  # the model before training-time defenses (TTC's τ encoder)
     save_adversarials: bool = False  # store the adversarial images (attacked cells of --save-adversarials)
-    early_stop: bool = False  # the attack stops on an image once it fools the model (Plan.early_stop)
+
+    @property
+    def early_stop(self) -> bool:
+        """Whether the attack stops on an image once it fools the model, as the protocol records it
+        (:meth:`vlmbench.plan.Plan.early_stop`): what runs is what the cell id says."""
+        return bool(self.protocol.attack.params.get("early_stop", False))
 
 
 def read_batch(cell: Cell, indices: list[int], pool: ThreadPoolExecutor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,22 +117,21 @@ def inference_cost(defended: torch.nn.Module, undefended: torch.nn.Module, x: to
             f"{plain.forward / n:g} forward passes per image instead of 1 through the {len(towers)} image towers "
             f"known; pass the evaluated model's tower as encoders (cost.encoder_of)"
         )
-    if defended is undefended:  # no test-time part: the defended prediction is the classifier's
-        plain_seconds = _seconds_per_image(undefended, x, repeats)
-        return {"infer_time_s": plain_seconds, "infer_time_s_undefended": plain_seconds,
-                "infer_forward_passes": plain.forward / n, "infer_backward_passes": plain.backward / n}
-    torch.manual_seed(seed)
-    with counting_passes(list(towers.values())) as passes, torch.no_grad():
-        defended(x)
-    if passes.forward == 0:
-        raise CostError(
-            f"could not count the image-encoder passes of defense {label!r}: its prediction ran none of the "
-            f"{len(towers)} image towers known (of the evaluated and original models and inside its module); "
-            f"register any other encoder it uses as a submodule of the module wrap returns"
-        )
+    passes = plain
+    if defended is not undefended:  # a test-time part: count the defended prediction's own passes
+        torch.manual_seed(seed)
+        with counting_passes(list(towers.values())) as passes, torch.no_grad():
+            defended(x)
+        if passes.forward == 0:
+            raise CostError(
+                f"could not count the image-encoder passes of defense {label!r}: its prediction ran none of the "
+                f"{len(towers)} image towers known (of the evaluated and original models and inside its module); "
+                f"register any other encoder it uses as a submodule of the module wrap returns"
+            )
+    undefended_seconds = _seconds_per_image(undefended, x, repeats)
     return {
-        "infer_time_s": _seconds_per_image(defended, x, repeats),
-        "infer_time_s_undefended": _seconds_per_image(undefended, x, repeats),
+        "infer_time_s": undefended_seconds if defended is undefended else _seconds_per_image(defended, x, repeats),
+        "infer_time_s_undefended": undefended_seconds,
         "infer_forward_passes": passes.forward / n,
         "infer_backward_passes": passes.backward / n,
     }

@@ -268,7 +268,7 @@ class Workbench:
             cell = Cell(protocol, setting.model, attack, setting.classifier, setting.defended, plan_.datasets[key.dataset][1],
                         indices, plan_.device, setting.source_classifier, setting.superclasses, dict(broken),
                         plan_.request.eps_sweep, defense.parts, setting.original,
-                        plan_.request.save_adversarials and attack.cls.name != "none", plan_.early_stop(key))
+                        plan_.request.save_adversarials and attack.cls.name != "none")
             parity = self.precision(key)[1]
             meta = self.meta if parity is None else {**self.meta, "precision_parity": parity}
             outcome = run_cell(cell, plan_.request.output, meta, on_advance, on_wait)

@@ -153,10 +153,9 @@ class Plan:
         Recorded in the attack's params, so it is part of the cell's identity."""
         attack, defense = self.attack_for(key), self.defenses[key.defense]
         eot = defense.eot_draws if key.track == "adaptive" else 1
-        test_time = any(part.is_test_time() for part in defense.parts)
         random = any(part.stochastic for part in defense.parts)
         return ("early_stop" in attack.cls.honours and eot == 1 and defense.eval_draws == 1 and not random
-                and key.track != "transfer" and (key.track == "adaptive" or not test_time))
+                and key.track != "transfer" and (key.track == "adaptive" or not defense.test_time))
 
     def estimated_passes(self, key: CellKey) -> tuple[float, float]:
         """Planning estimate of the cell's ``(forward, backward)`` model calls over all its images:
