@@ -102,6 +102,7 @@ def test_a_batch_that_does_not_fit_in_gpu_memory_is_one_line_and_keeps_the_finis
     assert result.exit_code == 2 and len(errors) == 1, result.output
     assert "does not fit in GPU memory; rerun with a smaller --batch-size (e.g. 2)" in errors[0], errors[0]
     assert "Traceback" not in result.output and len(list(output.glob("*.parquet"))) == 2  # two cells finished
+    assert not list(output.glob(".partial/*/protocol.json"))  # the failed cell's size is not left for a rerun to adopt
 
 
 def test_attacks_stop_early_only_where_the_attacked_model_is_the_scored_one(tiny_model_plugin_file, tmp_path):

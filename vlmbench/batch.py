@@ -139,17 +139,28 @@ def prefetched(cell: Cell, batches: list[list[int]]) -> Iterator[Iterator[tuple[
 
 
 def crafting_model(cell: Cell) -> torch.nn.Module:
-    """What the attack differentiates: the classifier without test-time defenses (oblivious track),
-    the whole defended pipeline (adaptive track), or the source model's classifier (transfer track)."""
-    if cell.protocol.track == "transfer":
-        assert cell.source is not None
-        return cell.source
-    return cell.classifier if cell.protocol.track == "oblivious" else cell.defended
+    """What the cell's attack differentiates (:func:`attacked_model`)."""
+    return attacked_model(cell.protocol.track, cell.classifier, cell.defended, cell.source)
+
+
+def attacked_model(track: str, classifier: torch.nn.Module, defended: torch.nn.Module,
+                   source: torch.nn.Module | None) -> torch.nn.Module:
+    """What an attack on ``track`` differentiates: the classifier without test-time defenses (oblivious
+    track), the whole defended pipeline (adaptive track), or the source model's classifier (transfer track)."""
+    if track == "transfer":
+        assert source is not None
+        return source
+    return classifier if track == "oblivious" else defended
 
 
 def in_label_space(cell: Cell, model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` as the cell's attack sees it: its logits pooled to superclasses when the cell has a map."""
-    return model if cell.superclasses is None else SuperclassLogits(model, cell.superclasses)
+    """``model`` as the cell's attack sees it (:func:`label_space_of`)."""
+    return label_space_of(model, cell.superclasses)
+
+
+def label_space_of(model: torch.nn.Module, superclasses: SuperclassMap | None) -> torch.nn.Module:
+    """``model`` with its logits pooled to superclasses when there is a map, else ``model``."""
+    return model if superclasses is None else SuperclassLogits(model, superclasses)
 
 
 def attack_images(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -31,6 +32,7 @@ from vlmbench.adaptive import trace_steps, verify_declared_steps
 from vlmbench.defense import Defense
 from vlmbench.cost import encoder_of, inference_cost
 from vlmbench.flags import cell_flags
+from vlmbench.paths import write_atomically
 from vlmbench.precision import running_in
 from vlmbench.protocol import (Protocol, canonical_json, default_step_size)
 from vlmbench.batch import (Cell, attack_images, check_logits, crafting_model, in_label_space, load_batch, predict,
@@ -147,6 +149,35 @@ def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+STAGED_PROTOCOL = "protocol.json"
+
+
+def stage_protocol(output: Path, protocol: Protocol) -> None:
+    """Write the cell's protocol (canonical JSON) into its staging folder, atomically, unless it is there:
+    a staged or claimed cell says what it measures, so that a run leaving the batch size to vlmbench
+    adopts its size (:mod:`vlmbench.batch_size`)."""
+    path = output / results.PARTIAL_DIR / protocol.cell_hash() / STAGED_PROTOCOL
+    if not path.exists():
+        write_atomically(path, lambda tmp: tmp.write_text(protocol.to_json()))
+
+
+def release_unstarted(staging: Path) -> None:
+    """Remove a cell's staging folder when it holds no finished batch (only its claim, or nothing)."""
+    if staging.is_dir() and not any(staging.glob("*.parquet")):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def staged_protocols(output: Path) -> Iterator[dict[str, Any]]:
+    """The protocols (as dicts) of the cells staged or claimed in ``output`` (:func:`stage_protocol`);
+    a folder whose record is missing or unreadable is passed over."""
+    partial = output / results.PARTIAL_DIR
+    for path in sorted(partial.glob(f"*/{STAGED_PROTOCOL}")) if partial.is_dir() else []:
+        try:
+            yield json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+
+
 def _staged_adversarials(path: Path, n: int) -> bool:
     """Whether a staged batch of ``n`` adversarial images is present and readable."""
     try:
@@ -175,6 +206,7 @@ def run_cell(
                     try:
                         return compute_cell(cell, final, staging, meta, on_advance)
                     except torch.cuda.OutOfMemoryError:  # its checks, sweep or a batch: one line, what to do
+                        release_unstarted(staging)  # a size that does not fit is not one for a rerun to adopt
                         raise RunError(out_of_memory_message(cell, min(protocol.batch_size, len(indices)))) from None
     rows = _validated_existing(final, protocol)
     shutil.rmtree(staging, ignore_errors=True)  # left by a process killed between its final write and cleanup
@@ -214,6 +246,7 @@ def compute_cell(
     protocol, indices = cell.protocol, cell.indices
     cell_id = protocol.cell_hash()
     batch_size = protocol.batch_size
+    stage_protocol(final.parent, protocol)
     first, first_labels = load_batch(cell, indices[:batch_size])  # loaded once: the checks and batch 0 share it
     torch.manual_seed(batch_seed(protocol.seed, cell_id, -3))
     with trace_steps() as seen, torch.no_grad():  # the defense's contract, before anything else uses it:

@@ -126,7 +126,7 @@ def run(
     selection: Annotated[str, typer.Option(help="first, random (seeded) or balanced (seeded, class-balanced) sample selection.")] = "first",
     split: Annotated[str | None, typer.Option(help="Dataset split (default: the dataset's evaluation split).")] = None,
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch, part of the protocol (default: per cell, an existing cell's size in the output, else 128 on the CPU, else the largest that fits in free GPU memory).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's).")] = None,
     data_root: Annotated[Path | None, typer.Option(envvar="VLMBENCH_DATA_ROOT", help="Root folder of real datasets.")] = None,
@@ -340,7 +340,7 @@ def _matrix_requests(o: dict[str, Any], given: set[str]) -> tuple[list[Any], dic
 
 
 def print_plan(plans: list[Any], work: list[Any], where: str) -> None:
-    """``vlmbench plan``: one row per cell (status, images, estimated model calls), then the totals
+    """``vlmbench plan``: one row per cell (status, images, estimated model calls, batch size), then the totals
     and a time estimate per model from the throughput measured in the output folder on this device."""
     from vlmbench.execute import measured_seconds_per_call, preview
     from vlmbench.precision import hardware_name
@@ -349,11 +349,13 @@ def print_plan(plans: list[Any], work: list[Any], where: str) -> None:
              for cell in preview(plan_, [job for i, job in work if i == index])]
     table = Table(title=f"plan: {len(cells)} cells{where}", title_justify="left")
     for column, justify in (("cell", "left"), ("images", "right"), ("forward", "right"), ("backward", "right"),
-                            ("precision", "left"), ("status", "left")):
+                            ("batch", "right"), ("precision", "left"), ("status", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for _, cell in cells:
         status = f"partial {cell.batches_done}/{cell.batches} batches" if cell.status == "partial" else cell.status
-        table.add_row(cell.label, str(cell.images), f"{cell.forward:,.0f}", f"{cell.backward:,.0f}", cell.precision, status)
+        batch = "?" if cell.batch_size is None else str(cell.batch_size)  # unknown until trained, when chosen
+        table.add_row(cell.label, str(cell.images), f"{cell.forward:,.0f}", f"{cell.backward:,.0f}", batch, cell.precision,
+                      status)
     console.print(table)
     counts = {s: sum(c.status == s for _, c in cells) for s in ("complete", "partial", "pending", "needs training")}
     todo = [(index, c) for index, c in cells if c.status != "complete"]

@@ -25,12 +25,13 @@ from vlmbench.defense import Defense, DefenseContext
 from vlmbench.fingerprint import source_fingerprint
 from vlmbench.models import ClipModel
 from vlmbench.protocol import (DataSpec, PluginRef, Protocol, indices_sha256)
-from vlmbench.batch import Cell
+from vlmbench.batch import Cell, attacked_model, label_space_of
+from vlmbench.batch_size import BatchChoice, MemoryMeter, OutputIndex, choose, measured, meter_for
 from vlmbench import results
 from vlmbench.cell import CellOutcome, cell_filename, remove_leftovers, run_cell
 from vlmbench.errors import VlmbenchError
 from vlmbench.plan import CellKey, Plan, shard
-from vlmbench.precision import hardware_name, resolve as resolve_precision
+from vlmbench.precision import hardware_name, resolve as resolve_precision, running_in
 from vlmbench.targets import SuperclassMap
 
 
@@ -133,8 +134,9 @@ class Workbench:
     checkpoint raises :class:`NotTrained` instead of training for hours.
     """
 
-    def __init__(self, plan_: Plan, train: bool = True, keep: int = 2) -> None:
+    def __init__(self, plan_: Plan, train: bool = True, keep: int = 2, meter: MemoryMeter | None = None) -> None:
         self.plan, self.train, self.keep = plan_, train, keep
+        self.meter = meter if meter is not None else meter_for(plan_.device)  # chooses GPU batch sizes
         use_fp32()
         self.meta = run_metadata(plan_.device)
         self._originals: OrderedDict[int, ClipModel] = OrderedDict()
@@ -142,6 +144,8 @@ class Workbench:
         self._settings: OrderedDict[tuple[int, int, int], _Setting] = OrderedDict()
         self._source: tuple[ClipModel | None, DefenseContext | None, tuple[Defense, ...]] | None = None
         self._precisions: dict[tuple[int, int], tuple[str, dict[str, Any] | None]] = {}
+        self._batch_sizes: dict[tuple[CellKey, tuple[str, ...], bool], BatchChoice] = {}
+        self._held = OutputIndex(plan_.request.output)
 
     def _remember(self, cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
         if key in cache:
@@ -206,15 +210,44 @@ class Workbench:
                             data_spec)
         return self._remember(self._settings, (m, d, s), make)
 
-    def protocol(self, key: CellKey, cascade_after: tuple[str, ...] = ()) -> Protocol:
-        """The cell's full protocol record (its hash is the cell id and names its file)."""
+    def protocol(self, key: CellKey, cascade_after: tuple[str, ...] = (), claim: bool = False) -> Protocol:
+        """The cell's full protocol record (its hash is the cell id and names its file), at the batch size
+        :meth:`batch_size` chooses; ``claim``: a run's call, which claims a size it chose in the output."""
+        at = self._protocol_at(key, cascade_after)
+        return at(self.batch_size(key, cascade_after, at, claim).size)
+
+    def batch_size(self, key: CellKey, cascade_after: tuple[str, ...], at: Callable[[int], Protocol],
+                   claim: bool = False) -> BatchChoice:
+        """The cell's batch size: the one given, else :func:`vlmbench.batch_size.choose`'s (an existing
+        cell's, the CPU's default, or measured from free GPU memory), decided once per workbench."""
+        slot = (key, cascade_after, claim)  # a run's choice is its own, made under the lock and claimed
+        if slot not in self._batch_sizes:
+            measure = None
+            if self.meter is not None:
+                meter = self.meter
+                setting, eot = self.setting(key.model, key.defense, key.dataset), at(1).eot_draws
+
+                def measure() -> BatchChoice:
+                    crafted = label_space_of(attacked_model(key.track, setting.classifier, setting.defended,
+                                                            setting.source_classifier), setting.superclasses)
+                    _, dataset, indices = self.plan.datasets[key.dataset]
+                    image = dataset[indices[0]][0].to(self.plan.device, torch.float32)
+                    with running_in(self.precision(key)[0], self.plan.device):
+                        return measured(meter, crafted, setting.defended, image, eot, len(indices), self.plan.label(key))
+
+            self._batch_sizes[slot] = choose(self.plan.request.batch_size, at, self.plan.request.output, self._held,
+                                             measure, claim)
+        return self._batch_sizes[slot]
+
+    def _protocol_at(self, key: CellKey, cascade_after: tuple[str, ...]) -> Callable[[int], Protocol]:
+        """The cell's protocol as a function of its batch size."""
         plan_ = self.plan
         setting = self.setting(key.model, key.defense, key.dataset)
         defense, attack, track = plan_.defenses[key.defense], plan_.attack_for(key), key.track
         eot = defense.eot_draws if track == "adaptive" else 1
         # the label space the attack runs in: its parameters (AutoAttack's sub-attacks and target counts)
         # are recorded as they take effect there, on the superclasses of a superclass cell
-        return Protocol(
+        return lambda batch_size: Protocol(
             model=PluginRef(plan_.models[key.model].name, setting.original.fingerprint),
             defense=defense.ref(),
             attack=PluginRef(attack.spec, attack.cls.version,
@@ -223,7 +256,7 @@ class Workbench:
             threat=attack.threat,
             data=setting.data_spec,
             seed=plan_.request.seed,
-            batch_size=plan_.request.batch_size,
+            batch_size=batch_size,
             precision=self.precision(key)[0],
             track=track,  # type: ignore[arg-type]
             eot_draws=eot,
@@ -261,7 +294,7 @@ class Workbench:
         for key in job:
             setting = self.setting(key.model, key.defense, key.dataset)
             defense, attack = plan_.defenses[key.defense], plan_.attack_for(key)
-            protocol = self.protocol(key, tuple(earlier))
+            protocol = self.protocol(key, tuple(earlier), claim=True)
             indices = plan_.datasets[key.dataset][2]
             if on_cell:
                 on_cell(protocol, len(indices))
@@ -270,7 +303,9 @@ class Workbench:
                         plan_.request.eps_sweep, defense.parts, setting.original,
                         plan_.request.save_adversarials and attack.cls.name != "none")
             parity = self.precision(key)[1]
-            meta = self.meta if parity is None else {**self.meta, "precision_parity": parity}
+            meta = {**self.meta, "batch_size_choice": self._batch_sizes[(key, tuple(earlier), True)].record()}
+            if parity is not None:
+                meta["precision_parity"] = parity
             outcome = run_cell(cell, plan_.request.output, meta, on_advance, on_wait)
             outcomes.append(outcome)
             if plan_.request.cascade:
@@ -356,6 +391,7 @@ class CellPreview:
     batches_done: int = 0
     batches: int = 0
     cell_id: str | None = None
+    batch_size: int | None = None  # unknown until trained (its id is), when vlmbench chooses it
     precision: str = "fp32"  # what the cell runs in (--precision auto resolved; vlmbench.precision)
 
 
@@ -363,15 +399,14 @@ def preview(plan_: Plan, jobs: list[tuple[CellKey, ...]] | None = None) -> list[
     """The cells of ``jobs`` (default: all) with their status in the output folder and estimated cost;
     loads the models (for their fingerprints, part of each cell's id) but trains and attacks nothing."""
     bench = Workbench(plan_, train=False)
-    output, batch_size = plan_.request.output, plan_.request.batch_size
+    output = plan_.request.output
     previews = []
     for job in plan_.jobs() if jobs is None else jobs:
         earlier: list[str] = []
         for key in job:
             n = plan_.n_images_of(key)
             forward, backward = plan_.estimated_passes(key)
-            batches = -(-n // batch_size)
-            base = dict(key=key, label=plan_.label(key), images=n, forward=forward, backward=backward, batches=batches,
+            base = dict(key=key, label=plan_.label(key), images=n, forward=forward, backward=backward,
                         precision=bench.precision(key)[0])
             try:
                 protocol = bench.protocol(key, tuple(earlier))
@@ -381,14 +416,15 @@ def preview(plan_: Plan, jobs: list[tuple[CellKey, ...]] | None = None) -> list[
             finally:
                 if plan_.request.cascade:
                     earlier.append(plan_.attacks[key.attack].spec)
-            cell_id = protocol.cell_hash()
+            cell_id, batches = protocol.cell_hash(), -(-n // protocol.batch_size)
             if (output / cell_filename(protocol)).exists():
                 status, done = "complete", batches
             else:
                 staged = output / results.PARTIAL_DIR / cell_id
                 done = len(list(staged.glob("*.parquet"))) if staged.is_dir() else 0
                 status = "partial" if done else "pending"
-            previews.append(CellPreview(**base, status=status, batches_done=done, cell_id=cell_id))  # type: ignore[arg-type]
+            previews.append(CellPreview(**base, status=status, batches_done=done, batches=batches,  # type: ignore[arg-type]
+                                        cell_id=cell_id, batch_size=protocol.batch_size))
     return previews
 
 

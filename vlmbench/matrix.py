@@ -74,7 +74,7 @@ KEYS: dict[str, Key] = {key.name: key for key in (
     Key("selection", "str", "selection", "first, random or balanced (default: first)"),
     Key("split", "str", "split", "dataset split (default: each dataset's evaluation split)"),
     Key("seed", "int", "seed", "base seed (default: 0)"),
-    Key("batch-size", "int", "batch_size", "images per batch (default: 128)"),
+    Key("batch-size", "int", "batch_size", "images per batch (default: chosen per cell: 128 on the CPU, from free memory on a GPU)"),
     Key("device", "str", "device", "auto, cpu, cuda or cuda:N (default: auto)"),
     Key("data-root", "path", "data_root", "root folder of real datasets (default: $VLMBENCH_DATA_ROOT)"),
     Key("download", "bool", "download", "download missing weights and datasets where their loader can (default: false)"),

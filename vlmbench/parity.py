@@ -19,7 +19,7 @@ import pandas as pd
 
 from vlmbench.paths import cache_dir
 from vlmbench.precision import PrecisionError, key_for, measuring, verdict, write_record
-from vlmbench.request import RunRequest
+from vlmbench.request import CPU_BATCH_SIZE, RunRequest
 
 
 def measure(request: RunRequest, candidate: str) -> dict[str, Any]:
@@ -38,10 +38,10 @@ def measure(request: RunRequest, candidate: str) -> dict[str, Any]:
         raise PrecisionError(f"parity is measured for bf16 or tf32 against fp32, not {candidate!r}")
     if len(request.models) != 1 or len(request.defenses) != 1:
         raise PrecisionError("a parity record is per model and defense: give one --model and one --defense")
-    runs = {"fp32": replace(request, precision="fp32"),
-            "fp32_other_starts": replace(request, precision="fp32",
-                                         batch_size=request.batch_size // 2 if request.batch_size > 1 else 2),
-            "candidate": replace(request, precision=candidate)}
+    batch = request.batch_size or CPU_BATCH_SIZE  # one given size: the noise reference halves it
+    runs = {"fp32": replace(request, precision="fp32", batch_size=batch),
+            "fp32_other_starts": replace(request, precision="fp32", batch_size=batch // 2 if batch > 1 else 2),
+            "candidate": replace(request, precision=candidate, batch_size=batch)}
     scratch = tempfile.mkdtemp(prefix="parity-", dir=_scratch_root())
     rows: dict[str, pd.DataFrame] = {}
     try:
@@ -65,7 +65,7 @@ def measure(request: RunRequest, candidate: str) -> dict[str, Any]:
                 "request": {"defense": request.defenses[0], "attacks": list(request.attacks),
                             "datasets": sorted(set(rows["fp32"]["dataset"])), "eps": list(request.eps),
                             "samples_per_dataset": request.n_samples, "seed": request.seed,
-                            "batch_size": request.batch_size}}
+                            "batch_size": batch}}
     return write_record(key, measured)
 
 

@@ -61,7 +61,7 @@ def validate_request_options(
     samples: int | None = None,
     selection: str = "first",
     seed: int = 0,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     threads: int | None = None,
     track: str | None = None,
     eot: int | None = None,

@@ -319,8 +319,19 @@ class Protocol:
         Versions are left out so that re-running a finished cell after a patch-level upgrade is a
         resume, not a new cell; they stay in every row for provenance.
         """
-        identity = {k: v for k, v in self.to_dict().items() if k != "versions"}
-        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
+        return identity_hash(self.to_dict())
+
+    def hash_without_batch_size(self) -> str:
+        """Identity of the measurement but for its batch size: cells of one configuration at different
+        batch sizes share it (:mod:`vlmbench.batch_size` adopts the size of such a cell)."""
+        return identity_hash(self.to_dict(), without=("versions", "batch_size"))
+
+
+def identity_hash(record: dict[str, Any], without: tuple[str, ...] = ("versions",)) -> str:
+    """16 hex digits of the SHA-256 of ``record`` (a protocol as :meth:`Protocol.to_dict` or its JSON gives
+    it) without the keys ``without``: :meth:`Protocol.cell_hash` by default."""
+    identity = {k: v for k, v in record.items() if k not in without}
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
 
 
 def canonical_json(value: Any) -> str:

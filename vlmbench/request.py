@@ -30,7 +30,8 @@ class RunRequest:
         selection: ``first`` (indices 0..n-1), ``random`` (a seeded sample, kept in index order) or
             ``balanced`` (seeded, class-balanced).
         seed: base seed.
-        batch_size: images per batch.
+        batch_size: images per batch; None: vlmbench chooses per cell (:mod:`vlmbench.batch_size`: an existing
+            cell's size, 128 on the CPU, measured from free memory on a GPU). Part of the protocol.
         split: dataset split (None: each dataset's default).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         data_root: root of real datasets.
@@ -78,7 +79,7 @@ class RunRequest:
     n_samples: int | None = None
     selection: str = "first"
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int | None = None
     split: str | None = None
     device: str = "auto"
     data_root: Path | None = None
@@ -103,6 +104,7 @@ class RunRequest:
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # vlmbench.precision says what each means
 
+CPU_BATCH_SIZE = 128  # the batch size on the CPU when none is given (vlmbench.batch_size)
 DEFAULT_EOT_DRAWS = 10  # Athalye et al. 2018: EOT over ≥ 10 draws for random defenses
 DEFAULT_ADAPTIVE_STEPS = 40  # measured: benchmarks/adaptive_convergence.py (README, "Test-time defenses")
 DEFAULT_EVAL_DRAWS = 10  # majority vote over this many draws scores a random defense (issue: one draw
