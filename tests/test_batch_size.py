@@ -158,7 +158,7 @@ def test_on_a_gpu_the_batch_is_measured_and_recorded(tiny_model_plugin_file, tmp
     for path in cell_files(tmp_path / "out"):
         choice = results.run_metadata_of(path)["batch_size_choice"]
         size = choice["batch_size"]
-        assert choice["rule"] == "measured" and size & (size - 1) == 0
+        assert choice["rule"] == "measured" and choice["heaviest_track"] == "oblivious" and size & (size - 1) == 0
         per_image = (choice["model_mib_per_image"] + choice["state_mib_per_image"]) * 2**20
         fits = lambda n: choice["fixed_mib"] * 2**20 + n * per_image <= HEADROOM * choice["free_mib"] * 2**20  # noqa: E731
         assert size < 16 and fits(size) and not fits(2 * size)  # memory bound it (10 images alone would take 16)
@@ -166,6 +166,56 @@ def test_on_a_gpu_the_batch_is_measured_and_recorded(tiny_model_plugin_file, tmp
         rows = results.read_cell(path)
         assert rows["protocol"].map(lambda p: json.loads(p)["batch_size"]).eq(size).all()
     assert batch_size_module.MAX_AUTO_BATCH >= 16
+
+
+def test_a_new_attack_on_a_setting_takes_its_cells_size_so_the_setting_keeps_one_clean_figure(
+        tiny_model_plugin_file, tmp_path):
+    output = tmp_path / "out"
+    assert run_tiny(tiny_model_plugin_file, output).exit_code == 0  # pgd-2 at --batch-size 4
+    result = _run_without_batch_size(tiny_model_plugin_file, output, "--attack", "cw-2")
+    assert result.exit_code == 0, result.output
+    rows = results.load_results(output)
+    cw = rows[rows["attack"] == "cw-2"]
+    assert len(cw) == 20 and cw["protocol"].map(lambda p: json.loads(p)["batch_size"]).eq(4).all()
+    for path in cell_files(output):
+        if results.read_cell(path)["attack"].iloc[0] == "cw-2":
+            assert results.run_metadata_of(path)["batch_size_choice"] == {"batch_size": 4, "rule": "setting's cells"}
+    pgd = rows[rows["attack"] == "pgd-2"]
+    merged = pgd.merge(cw, on=["dataset", "sample_index"], suffixes=("_pgd", "_cw"))
+    assert (merged["clean_pred_pgd"] == merged["clean_pred_cw"]).all()
+
+
+def test_on_a_gpu_a_random_defense_gets_one_size_for_both_tracks_from_the_heavier(tiny_model_plugin_file, tmp_path,
+                                                                                 monkeypatch):
+    """The adaptive track's EOT draws cost memory per image that the oblivious track does not: the
+    setting's size is measured on the adaptive track and both tracks run at it (one clean figure)."""
+    meter = SavedBytesMeter(free=16 * 2**20)
+    monkeypatch.setattr(execute_module, "meter_for", lambda device: meter)
+    toys = Path(__file__).parent / "plugins" / "toy_defenses.py"
+    result = _run_without_batch_size(tiny_model_plugin_file, tmp_path / "out", "--plugin", str(toys), "--defense",
+                                     "toy-noise", "--track", "both", "--eot", "4", "--eval-draws", "2")
+    assert result.exit_code == 0, result.output
+    cells = [(results.read_cell(path).iloc[0], results.run_metadata_of(path)["batch_size_choice"])
+             for path in cell_files(tmp_path / "out")]
+    for dataset in ("world-shape", "world-size"):
+        choices = {row["track"]: choice for row, choice in cells if row["dataset"] == dataset}
+        assert set(choices) == {"oblivious", "adaptive"}
+        measured = [c for c in choices.values() if c["rule"] == "measured"]
+        assert len(measured) == 1 and measured[0]["heaviest_track"] == "adaptive"  # measured once, for both
+        assert {c["batch_size"] for c in choices.values()} == {measured[0]["batch_size"]}
+        assert [c["rule"] for c in choices.values() if c["rule"] != "measured"] == ["setting's cells"]
+        assert measured[0]["batch_size"] < 16  # at 4 EOT draws the 16 MiB bind; 10 images alone would take 16
+    # the probes ran per setting on the adaptive, then the oblivious track: alone, the oblivious track fits more
+    adaptive_small, adaptive_large, oblivious_small, oblivious_large = meter.probes[:4]
+    assert adaptive_large - adaptive_small > 2 * (oblivious_large - oblivious_small)  # 4 EOT draws per image
+    per_image = (oblivious_large - oblivious_small) / 4
+    oblivious_alone = largest_fitting(meter.free, max(oblivious_large - 8 * per_image, 0),
+                                      per_image + STATE_COPIES * 3 * 32 * 32 * 4, 10)
+    shape = next(choice for row, choice in cells if row["dataset"] == "world-shape")
+    assert oblivious_alone > shape["batch_size"]
+    rows = results.load_results(tmp_path / "out")
+    tracks = rows.pivot(index=["dataset", "sample_index"], columns="track", values="clean_correct_rate")
+    assert len(tracks) == 20 and (tracks["oblivious"] == tracks["adaptive"]).all()  # one clean figure per setting
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -8,17 +8,22 @@ vlmbench, a cell's batch size is, in this order:
 1. **the size of a cell of the same measurement already in the output folder** (the same protocol
    but for the batch size; finished cells first, then staged or claimed ones), so that a rerun reads
    or resumes it — on any machine — instead of starting a second copy at another size;
-2. **on the CPU, 128** (:data:`CPU_BATCH_SIZE`): there is no accelerator memory to fill, and larger
-   batches do not run faster;
-3. **on a GPU, measured from free memory**: the peak memory of one attack step of the cell (forward
-   and input gradient of the model its attack differentiates, EOT draws included, then a forward of
-   the defended pipeline) at :data:`PROBE_SIZES` images gives a fixed and a per-image cost; to the
-   per-image cost come :data:`STATE_COPIES` image-sized tensors, the attack's own state (AutoAttack's
-   APGD keeps about ten). The batch is the largest power of two, at most :data:`MAX_AUTO_BATCH`,
-   whose estimate fits in :data:`HEADROOM` of the memory free now — and no larger than the
-   cell's images need (a power of two ≥ their count).
+2. **the size of the output folder's cells of the same setting** (model, defense, images, seed,
+   evaluation draws: :data:`vlmbench.cell.SETTING_KEYS`), so that a setting's cells share their clean
+   predictions — a random defense's clean draws are seeded per batch too, and both tracks and every
+   attack of a setting must show one clean figure;
+3. **on the CPU, 128** (:data:`~vlmbench.request.CPU_BATCH_SIZE`): there is no accelerator memory to
+   fill, and larger batches do not run faster;
+4. **on a GPU, measured from free memory, once per setting**: the peak memory of one attack step
+   (forward and input gradient of the model the attack differentiates, EOT draws included, then a
+   forward of the defended pipeline) at :data:`PROBE_SIZES` images gives a fixed and a per-image
+   cost; to the per-image cost come :data:`STATE_COPIES` image-sized tensors, the attack's own state
+   (AutoAttack's APGD keeps about ten). The batch is the largest power of two, at most
+   :data:`MAX_AUTO_BATCH`, whose estimate fits in :data:`HEADROOM` of the memory free now — for the
+   heaviest track the run plans for the setting (the adaptive track with its EOT draws, where there is
+   one) — and no larger than the images need (a power of two ≥ their count).
 
-The choice is made under a lock per measurement and claimed at once (the cell's protocol is staged,
+The choice is made under a lock per setting and claimed at once (the cell's protocol is staged,
 :func:`vlmbench.cell.stage_protocol`), so concurrent processes writing into one folder adopt one size.
 How each cell's size was chosen, with the measured figures, is in its run metadata
 (``batch_size_choice``). The estimate can still be wrong (fragmentation, a defense whose memory grows
@@ -36,7 +41,7 @@ from typing import Any, Protocol as Interface
 
 import torch
 
-from vlmbench.cell import cell_lock, stage_protocol, staged_protocols
+from vlmbench.cell import cell_lock, setting_identity, stage_protocol, staged_protocols
 from vlmbench.plan import RunError
 from vlmbench.protocol import Protocol, identity_hash
 from vlmbench.request import CPU_BATCH_SIZE
@@ -146,18 +151,26 @@ def largest_fitting(free: float, fixed: float, per_image: float, images: int) ->
     return size
 
 
-def measured(meter: MemoryMeter, crafted: torch.nn.Module, defended: torch.nn.Module, image: torch.Tensor,
-             eot_draws: int, images: int, what: str) -> BatchChoice:
-    """The batch size of a cell from free memory (module docstring, rule 3). ``what``: the cell, for
-    the error when not even one image fits."""
-    try:
-        fixed, model_per_image = step_memory(meter, crafted, defended, image, eot_draws)
-    except torch.cuda.OutOfMemoryError:
-        fixed, model_per_image = float("inf"), float("inf")
-    state = STATE_COPIES * image.numel() * 4
-    per_image = model_per_image + state
+def measured(meter: MemoryMeter, attacked: dict[str, tuple[torch.nn.Module, int]], defended: torch.nn.Module,
+             image: torch.Tensor, images: int, what: str) -> BatchChoice:
+    """The batch size of a setting from free memory (module docstring, rule 4): the smallest over its
+    tracks. ``attacked``: per track, the model its attacks differentiate (in their label space) and
+    their EOT draws; ``defended``: the pipeline the setting scores; ``image``: one of its images on the
+    device; ``images``: how many the setting evaluates; ``what``: the setting, for the error when not
+    even one image fits."""
     free = meter.free_bytes()
-    size = largest_fitting(free, fixed, per_image, images)
+    state = STATE_COPIES * image.numel() * 4
+    chosen: tuple[int, str, float, float] | None = None
+    for track, (crafted, eot_draws) in attacked.items():
+        try:
+            fixed, model_per_image = step_memory(meter, crafted, defended, image, eot_draws)
+        except torch.cuda.OutOfMemoryError:
+            fixed, model_per_image = float("inf"), float("inf")
+        size = largest_fitting(free, fixed, model_per_image + state, images)
+        if chosen is None or size < chosen[0]:
+            chosen = (size, track, fixed, model_per_image)
+    assert chosen is not None, "a setting has at least one track"
+    size, track, fixed, model_per_image = chosen
     if size < 1:
         raise RunError(f"not even one image of {what} fits in the accelerator's free memory ({free / 2**30:.2f} GiB); "
                        "free memory on the device or run on a larger one")
@@ -165,47 +178,57 @@ def measured(meter: MemoryMeter, crafted: torch.nn.Module, defended: torch.nn.Mo
     return BatchChoice(size, "measured", {"free_mib": round(free / mib, 1), "fixed_mib": round(fixed / mib, 1),
                                           "model_mib_per_image": round(model_per_image / mib, 2),
                                           "state_mib_per_image": round(state / mib, 2), "headroom": HEADROOM,
-                                          "probe_sizes": list(PROBE_SIZES)})
+                                          "probe_sizes": list(PROBE_SIZES), "heaviest_track": track})
 
 
 class OutputIndex:
-    """The batch sizes of the cells an output folder holds, per measurement
-    (:meth:`Protocol.hash_without_batch_size`): finished cells (their files are read once, being
-    written atomically and never changed) and staged or claimed ones (read each time)."""
+    """The batch sizes of the cells an output folder holds: finished cells (their files are read once,
+    being written atomically and never changed) and staged or claimed ones (read each time)."""
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self._finished: dict[str, tuple[str, int] | None] = {}  # file name → (measurement, batch size)
+        self._finished: dict[str, _Held | None] = {}  # file name → what the file holds
 
-    def sizes(self, measurement: str) -> tuple[list[int], list[int]]:
-        """``(finished, staged)`` batch sizes of ``measurement``'s cells. Staging is read first: a cell
-        that finishes meanwhile has its file written before its staging folder goes."""
-        staged = [raw["batch_size"] for raw in staged_protocols(self.output) if _measurement(raw) == measurement]
+    def sizes(self, measurement: str, setting: str) -> tuple[list[int], list[int]]:
+        """The batch sizes of the held cells of ``measurement`` (:meth:`Protocol.hash_without_batch_size`),
+        and of ``setting`` (:func:`vlmbench.cell.setting_identity`); each the finished cells' sizes when
+        there are any, else the staged ones'. Staging is read first: a cell that finishes meanwhile has its
+        file written before its staging folder goes."""
+        staged = [_held(raw) for raw in staged_protocols(self.output)]
         finished = []
         for path in sorted(self.output.glob("*.parquet")) if self.output.is_dir() else []:
             if path.name not in self._finished:
-                self._finished[path.name] = _file_measurement(path)
-            found = self._finished[path.name]
-            if found is not None and found[0] == measurement:
-                finished.append(found[1])
-        return finished, staged
+                self._finished[path.name] = _file_held(path)
+            finished.append(self._finished[path.name])
+
+        def of(field: str, wanted: str) -> list[int]:
+            done = [h.size for h in finished if h is not None and getattr(h, field) == wanted]
+            return done or [h.size for h in staged if getattr(h, field) == wanted]
+
+        return of("measurement", measurement), of("setting", setting)
 
 
-def _measurement(raw: dict[str, Any]) -> str:
-    return identity_hash(raw, without=("versions", "batch_size"))
+@dataclass(frozen=True)
+class _Held:
+    measurement: str
+    setting: str
+    size: int
 
 
-def _file_measurement(path: Path) -> tuple[str, int] | None:
-    """``(measurement, batch size)`` of a finished cell file, or None when it has no readable protocol
-    (it is then no cell of this run's: the run itself checks the files it uses)."""
+def _held(raw: dict[str, Any]) -> _Held:
+    return _Held(identity_hash(raw, without=("versions", "batch_size")), setting_identity(raw), int(raw["batch_size"]))
+
+
+def _file_held(path: Path) -> _Held | None:
+    """What a finished cell file holds, or None when it has no readable protocol (it is then no cell to
+    adopt; the run checks the files it uses itself)."""
     import json
 
     import pyarrow.parquet as pq
 
     try:
         column = pq.ParquetFile(path).read_row_group(0, columns=["protocol"]).column(0)
-        raw = json.loads(column[0].as_py())
-        return _measurement(raw), int(raw["batch_size"])
+        return _held(json.loads(column[0].as_py()))
     except Exception:  # noqa: BLE001 — any unreadable file is simply not a cell to adopt
         return None
 
@@ -213,18 +236,20 @@ def _file_measurement(path: Path) -> tuple[str, int] | None:
 def choose(given: int | None, protocol_at: Callable[[int], Protocol], output: Path, index: OutputIndex,
            measure: Callable[[], BatchChoice] | None, claim: bool) -> BatchChoice:
     """A cell's batch size (module docstring). ``protocol_at(size)``: the cell's protocol at a batch
-    size; ``measure``: rule 3, None where there is no meter (the CPU); ``claim``: stage the chosen
-    cell's protocol under the measurement's lock (a run does, the planner does not)."""
+    size; ``measure``: rule 4 for the cell's setting, None where there is no meter (the CPU); ``claim``:
+    stage the chosen cell's protocol under the setting's lock (a run does, the planner does not)."""
     if given is not None:
         return BatchChoice(given, "given")
-    measurement = protocol_at(CPU_BATCH_SIZE).hash_without_batch_size()
-    lock = cell_lock(output, f"batch-size-{measurement}") if claim else nullcontext()
+    probe = protocol_at(CPU_BATCH_SIZE)
+    measurement, setting = probe.hash_without_batch_size(), setting_identity(probe.to_dict())
+    lock = cell_lock(output, f"batch-size-{setting}") if claim else nullcontext()
     with lock:
-        finished, staged = index.sizes(measurement)
-        if finished or staged:
-            return BatchChoice(max(finished or staged), "existing cell")
+        same_measurement, same_setting = index.sizes(measurement, setting)
+        if same_measurement:
+            return BatchChoice(max(same_measurement), "existing cell")
+        if same_setting:
+            return BatchChoice(max(same_setting), "setting's cells")
         choice = BatchChoice(CPU_BATCH_SIZE, "cpu default") if measure is None else measure()
         if claim:
             stage_protocol(output, protocol_at(choice.size))
         return choice
-

@@ -313,11 +313,22 @@ def out_of_memory_message(cell: Cell, images: int) -> str:
             "finished cells are kept, but a new batch size is a new cell (random starts are drawn per batch)")
 
 
+SETTING_KEYS = ("model", "defense", "data", "seed", "eval_draws")
+"""The protocol fields of a cell's setting: with the batch size, what determines its clean predictions."""
+
+
 def clean_identity(protocol: Protocol) -> str:
-    """What determines a cell's clean predictions: model, defense, images, seed and evaluation draws —
-    not the track or the attack, so every cell of one setting shares its clean figure."""
-    identity = {k: protocol.to_dict()[k] for k in ("model", "defense", "data", "seed", "eval_draws", "batch_size")}
+    """What determines a cell's clean predictions: model, defense, images, seed, evaluation draws and
+    batch size — not the track or the attack, so every cell of one setting and batch size shares its
+    clean figure (:mod:`vlmbench.batch_size` gives a setting's cells one batch size when it chooses)."""
+    identity = {k: protocol.to_dict()[k] for k in (*SETTING_KEYS, "batch_size")}
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
+
+
+def setting_identity(record: dict[str, Any]) -> str:
+    """The setting of a protocol (as :meth:`Protocol.to_dict` or its JSON gives it): :data:`SETTING_KEYS`
+    hashed, 16 hex digits; cells of one setting differ in attack, ε, track or batch size."""
+    return hashlib.sha256(canonical_json({k: record[k] for k in SETTING_KEYS}).encode()).hexdigest()[:16]
 
 
 def remove_leftovers(output: Path) -> None:

@@ -232,7 +232,7 @@ def _run_or_plan(dry: bool, ctx: typer.Context, **options: Any) -> None:
         advance = lambda k: progress.advance(task, k)  # noqa: E731
 
         def on_cell(protocol: Any, n: int) -> None:
-            desc = f"{protocol.data.dataset} · {protocol.model.name} · {protocol.defense.name} · {protocol.attack.name} ε={protocol.threat.eps_label}"
+            desc = f"{protocol.data.dataset} · {protocol.model.name} · {protocol.defense.name} · {protocol.attack.name} ε={protocol.threat.eps_label} · batch {protocol.batch_size}"
             progress.update(task, description=desc)
 
         if settings["executor"] == "ray":

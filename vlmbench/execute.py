@@ -146,6 +146,7 @@ class Workbench:
         self._precisions: dict[tuple[int, int], tuple[str, dict[str, Any] | None]] = {}
         self._batch_sizes: dict[tuple[CellKey, tuple[str, ...], bool], BatchChoice] = {}
         self._held = OutputIndex(plan_.request.output)
+        self._measured: dict[tuple[int, int, int], BatchChoice] = {}
 
     def _remember(self, cache: OrderedDict, key: Any, make: Callable[[], Any]) -> Any:
         if key in cache:
@@ -222,22 +223,29 @@ class Workbench:
         cell's, the CPU's default, or measured from free GPU memory), decided once per workbench."""
         slot = (key, cascade_after, claim)  # a run's choice is its own, made under the lock and claimed
         if slot not in self._batch_sizes:
-            measure = None
-            if self.meter is not None:
-                meter = self.meter
-                setting, eot = self.setting(key.model, key.defense, key.dataset), at(1).eot_draws
-
-                def measure() -> BatchChoice:
-                    crafted = label_space_of(attacked_model(key.track, setting.classifier, setting.defended,
-                                                            setting.source_classifier), setting.superclasses)
-                    _, dataset, indices = self.plan.datasets[key.dataset]
-                    image = dataset[indices[0]][0].to(self.plan.device, torch.float32)
-                    with running_in(self.precision(key)[0], self.plan.device):
-                        return measured(meter, crafted, setting.defended, image, eot, len(indices), self.plan.label(key))
-
+            measure = None if self.meter is None else (lambda: self._measured_batch_size(key))
             self._batch_sizes[slot] = choose(self.plan.request.batch_size, at, self.plan.request.output, self._held,
                                              measure, claim)
         return self._batch_sizes[slot]
+
+    def _measured_batch_size(self, key: CellKey) -> BatchChoice:
+        """The batch size of the cell's setting from free memory (:func:`vlmbench.batch_size.measured`),
+        for the heaviest track this plan runs the setting on; measured once per setting."""
+        setting_key = (key.model, key.defense, key.dataset)
+        if setting_key not in self._measured:
+            plan_, setting = self.plan, self.setting(*setting_key)
+            assert self.meter is not None
+            defense = plan_.defenses[key.defense]
+            tracks = sorted({k.track for k in plan_.cells() if (k.model, k.defense, k.dataset) == setting_key})
+            attacked = {track: (label_space_of(attacked_model(track, setting.classifier, setting.defended,
+                                                              setting.source_classifier), setting.superclasses),
+                                defense.eot_draws if track == "adaptive" else 1) for track in tracks}
+            _, dataset, indices = plan_.datasets[key.dataset]
+            image = dataset[indices[0]][0].to(plan_.device, torch.float32)
+            what = f"{plan_.models[key.model].name} / {defense.spec} / {plan_.datasets[key.dataset][0].name}"
+            with running_in(self.precision(key)[0], plan_.device):
+                self._measured[setting_key] = measured(self.meter, attacked, setting.defended, image, len(indices), what)
+        return self._measured[setting_key]
 
     def _protocol_at(self, key: CellKey, cascade_after: tuple[str, ...]) -> Callable[[int], Protocol]:
         """The cell's protocol as a function of its batch size."""
