@@ -55,7 +55,7 @@ from vlmbench.batch import _PassCounter
 from vlmbench.classifier import ZeroShotClassifier, class_text_embeddings, resize_and_normalize
 from vlmbench.cost import PassCount
 from vlmbench.execute import use_fp32
-from vlmbench.models import ClipModel, Preprocess, freeze, parameter_fingerprint, preprocess_of
+from vlmbench.models import ClipModel, Preprocess, freeze, parameter_fingerprint, preprocess_of, sequence_first_attention
 from vlmbench.names import parse_attack_name
 from vlmbench.precision import hardware_name, running_in
 from vlmbench.protocol import ThreatModel
@@ -105,7 +105,8 @@ class Workload:
         with FlopCounterMode(display=False) as flops:  # with grad, as attacks run it (see the module docstring)
             self.classifier(self.x[:1].clone().requires_grad_(True))
         self.gflop = flops.get_total_flops() / 1e9
-        self.trainable = copy.deepcopy(self.model.module).requires_grad_(True)  # the research scripts' model
+        self.trainable = copy.deepcopy(self.model.module).requires_grad_(True)  # the research scripts' model:
+        sequence_first_attention(self.trainable, enabled=False)  # trainable, in open_clip's own batch-first build
         self.tokens = self.model.tokenizer([templates[0].format(c) for c in classnames]).to(device)  # reference loop
         every_prompt = self.model.tokenizer([t.format(c) for c in classnames for t in templates]).to(device)
         self.plain = PlainLogits(self.trainable, every_prompt, self.num_classes, self.model.preprocess)  # pyautoattack

@@ -210,3 +210,42 @@ def test_tokenizer_larger_than_the_text_tower_is_refused(tmp_path, tiny_world_ch
     save_file(state, folder / "open_clip_model.safetensors")
     with pytest.raises(ModelLoadError, match="tokenizer has .* tokens but the text tower only 8"):
         resolve_model(f"local-dir:{folder}").load()
+
+
+def test_loaded_open_clip_models_attend_sequence_first_with_the_same_arithmetic(tiny_world_checkpoint):
+    """vlmbench switches open_clip's attention stacks to sequence-first at load (frozen weights made the
+    batch-first layout 1.6x slower on the CPU): same logits and input gradients as open_clip's build."""
+    from vlmbench.classifier import ZeroShotClassifier
+    from vlmbench.models import sequence_first_attention
+    from vlmbench.world.tokenizer import WorldTokenizer
+
+    model = OpenClipModel("tiny-world", "test", f"local-dir:{tiny_world_checkpoint}", tokenizer=WorldTokenizer).load()
+    stacks = [m for m in model.module.modules() if type(m) is open_clip.transformer.Transformer]
+    assert len(stacks) == 2 and not any(s.batch_first or s.resblocks[0].attn.batch_first for s in stacks)
+    classifier = ZeroShotClassifier.build(model, ["circle", "square", "triangle"], ["a photo of a {}."])
+    x = torch.rand(6, 3, *model.preprocess.size, generator=torch.Generator().manual_seed(0))
+
+    def logits_and_gradient() -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = x.clone().requires_grad_(True)
+        logits = classifier(leaf)
+        (grad,) = torch.autograd.grad(logits.logsumexp(dim=1).sum(), leaf)
+        return logits.detach(), grad
+
+    sequence_first = logits_and_gradient()
+    assert sequence_first_attention(model.module, enabled=False) == 2  # back to open_clip's own build
+    assert all(s.batch_first and s.resblocks[0].attn.batch_first for s in stacks)
+    batch_first = logits_and_gradient()
+    for ours, theirs in zip(sequence_first, batch_first):
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    assert sequence_first_attention(model.module) == 2  # and switching again finds them all
+
+
+def test_only_plain_multi_head_attention_stacks_are_switched():
+    from vlmbench.models import sequence_first_attention
+
+    plain = open_clip.transformer.Transformer(width=32, layers=1, heads=2)
+    custom = open_clip.transformer.CustomTransformer(width=32, layers=1, heads=2)
+    assert sequence_first_attention(torch.nn.ModuleList([plain, custom])) == 1
+    assert not plain.batch_first and custom.batch_first  # its blocks have their own attention: left as built
+    x = torch.rand(2, 5, 32)
+    assert plain(x).shape == (2, 5, 32)  # still takes and returns (N, L, D)

@@ -65,7 +65,7 @@ from vlmbench.classifier import resize_and_normalize
 from vlmbench.defense import Defense, DefenseContext
 from vlmbench.errors import VlmbenchError
 from vlmbench.fingerprint import source_fingerprint
-from vlmbench.models import ClipModel, freeze, parameter_fingerprint
+from vlmbench.models import ClipModel, freeze, parameter_fingerprint, sequence_first_attention
 from vlmbench.paths import write_atomically
 from vlmbench.protocol import ThreatModel
 
@@ -662,6 +662,9 @@ def finetune(defense: FineTuneDefense, model: ClipModel, context: DefenseContext
     if not plan:
         raise FineTuneError(f"{defense.name}: the schedule has no steps")
     student_module = copy.deepcopy(model.module).float().eval().to(device)
+    # train in open_clip's own batch-first layout: with trainable weights it is as fast, and the layout
+    # changes the rounding of weight gradients, so checkpoints stay those earlier versions trained
+    sequence_first_attention(student_module, enabled=False)
     for p in student_module.parameters():
         p.requires_grad_(False)
     trained = _trainable(student_module, settings.trainable)

@@ -106,11 +106,41 @@ def preprocess_of(module: torch.nn.Module) -> Preprocess:
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
-    """float32, eval mode, no parameter gradients (attacks only need input gradients)."""
+    """float32, eval mode, no parameter gradients (attacks only need input gradients), and open_clip's
+    attention stacks sequence-first (:func:`sequence_first_attention`): how vlmbench holds every model."""
     module = module.float().eval()
     for p in module.parameters():
         p.requires_grad_(False)
+    sequence_first_attention(module)
     return module
+
+
+def sequence_first_attention(module: torch.nn.Module, enabled: bool = True) -> int:
+    """Run ``module``'s open_clip attention stacks sequence-first, ``(L, N, D)``, instead of batch-first
+    (``enabled=False``: back to open_clip's batch-first build); returns how many stacks were set. The same arithmetic: each stack transposes its input once,
+    and its layer norms hand contiguous rows to the attention's input projection.
+
+    Why: batch-first, ``nn.MultiheadAttention`` transposes its input internally and the input projection
+    receives it non-contiguous; with frozen weights (as vlmbench loads every model) and only the input
+    requiring a gradient, torch's matmul then runs it as a batched matmul over an expanded weight. On
+    the CPU that makes one forward plus input gradient of ViT-B-32 1.6× slower
+    (``benchmarks/frozen_weights.py``). Only open_clip's plain ``Transformer`` stacks whose blocks all
+    use ``nn.MultiheadAttention`` are switched; their ``forward`` honours ``batch_first``.
+    """
+    from open_clip.transformer import ResidualAttentionBlock, Transformer
+
+    switched = 0
+    for stack in module.modules():
+        if type(stack) is not Transformer or not hasattr(stack, "batch_first"):
+            continue
+        blocks = list(stack.resblocks)
+        if not all(type(b) is ResidualAttentionBlock and isinstance(b.attn, torch.nn.MultiheadAttention) for b in blocks):
+            continue
+        stack.batch_first = not enabled
+        for block in blocks:
+            block.attn.batch_first = not enabled
+        switched += 1
+    return switched
 
 
 class ModelPlugin(ABC):
