@@ -70,8 +70,10 @@ class BatchChoice:
     Attributes:
         size: images per batch.
         rule: ``given`` (``--batch-size``), ``existing cell`` (the output folder's cell of the same
-            measurement), ``cpu default`` or ``measured`` (free GPU memory).
-        figures: for ``measured``, the bytes that decided it (free, fixed, per image, per-image state).
+            measurement), ``setting's cells`` (the folder's cells of the same setting), ``cpu default``
+            or ``measured`` (free GPU memory).
+        figures: for ``measured``, what decided it (free, fixed, per-image model and state MiB, the
+            headroom, the probe sizes, the heaviest track).
     """
 
     size: int
