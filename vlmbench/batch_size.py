@@ -189,14 +189,14 @@ class OutputIndex:
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self._finished: dict[str, _Held | None] = {}  # file name → what the file holds
+        self._finished: dict[str, Held | None] = {}  # file name → what the file holds
 
     def sizes(self, measurement: str, setting: str) -> tuple[list[int], list[int]]:
-        """The batch sizes of the held cells of ``measurement`` (:meth:`Protocol.hash_without_batch_size`),
-        and of ``setting`` (:func:`vlmbench.cell.setting_identity`); each the finished cells' sizes when
+        """The batch sizes of the held cells of ``measurement`` (:func:`held` of a protocol: its identity
+        but for the batch size), and of ``setting`` (:func:`vlmbench.cell.setting_identity`); each the finished cells' sizes when
         there are any, else the staged ones'. Staging is read first: a cell that finishes meanwhile has its
         file written before its staging folder goes."""
-        staged = [_held(raw) for raw in staged_protocols(self.output)]
+        staged = [held(raw) for raw in staged_protocols(self.output)]
         finished = []
         for path in sorted(self.output.glob("*.parquet")) if self.output.is_dir() else []:
             if path.name not in self._finished:
@@ -211,17 +211,22 @@ class OutputIndex:
 
 
 @dataclass(frozen=True)
-class _Held:
+class Held:
+    """What a cell of an output folder measures: its protocol's identity but for the batch size, its
+    setting (:func:`vlmbench.cell.setting_identity`), and its batch size."""
+
     measurement: str
     setting: str
     size: int
 
 
-def _held(raw: dict[str, Any]) -> _Held:
-    return _Held(identity_hash(raw, without=("versions", "batch_size")), setting_identity(raw), int(raw["batch_size"]))
+def held(record: dict[str, Any]) -> Held:
+    """:class:`Held` of a protocol, as :meth:`Protocol.to_dict` or its JSON gives it."""
+    return Held(identity_hash(record, without=("versions", "batch_size")), setting_identity(record),
+                int(record["batch_size"]))
 
 
-def _file_held(path: Path) -> _Held | None:
+def _file_held(path: Path) -> Held | None:
     """What a finished cell file holds, or None when it has no readable protocol (it is then no cell to
     adopt; the run checks the files it uses itself)."""
     import json
@@ -230,7 +235,7 @@ def _file_held(path: Path) -> _Held | None:
 
     try:
         column = pq.ParquetFile(path).read_row_group(0, columns=["protocol"]).column(0)
-        return _held(json.loads(column[0].as_py()))
+        return held(json.loads(column[0].as_py()))
     except Exception:  # noqa: BLE001 — any unreadable file is simply not a cell to adopt
         return None
 
@@ -242,11 +247,10 @@ def choose(given: int | None, protocol_at: Callable[[int], Protocol], output: Pa
     stage the chosen cell's protocol under the setting's lock (a run does, the planner does not)."""
     if given is not None:
         return BatchChoice(given, "given")
-    probe = protocol_at(CPU_BATCH_SIZE)
-    measurement, setting = probe.hash_without_batch_size(), setting_identity(probe.to_dict())
-    lock = cell_lock(output, f"batch-size-{setting}") if claim else nullcontext()
+    cell = held(protocol_at(CPU_BATCH_SIZE).to_dict())
+    lock = cell_lock(output, f"batch-size-{cell.setting}") if claim else nullcontext()
     with lock:
-        same_measurement, same_setting = index.sizes(measurement, setting)
+        same_measurement, same_setting = index.sizes(cell.measurement, cell.setting)
         if same_measurement:
             return BatchChoice(max(same_measurement), "existing cell")
         if same_setting:

@@ -34,7 +34,7 @@ from vlmbench.cost import encoder_of, inference_cost
 from vlmbench.flags import cell_flags
 from vlmbench.paths import write_atomically
 from vlmbench.precision import running_in
-from vlmbench.protocol import (Protocol, canonical_json, default_step_size)
+from vlmbench.protocol import Protocol, default_step_size, identity_hash
 from vlmbench.batch import (Cell, attack_images, check_logits, crafting_model, in_label_space, load_batch, predict,
                             prefetched, run_batch)
 from vlmbench.plan import RunError
@@ -321,14 +321,14 @@ def clean_identity(protocol: Protocol) -> str:
     """What determines a cell's clean predictions: model, defense, images, seed, evaluation draws and
     batch size — not the track or the attack, so every cell of one setting and batch size shares its
     clean figure (:mod:`vlmbench.batch_size` gives a setting's cells one batch size when it chooses)."""
-    identity = {k: protocol.to_dict()[k] for k in (*SETTING_KEYS, "batch_size")}
-    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
+    record = protocol.to_dict()
+    return identity_hash({k: record[k] for k in (*SETTING_KEYS, "batch_size")}, without=())
 
 
 def setting_identity(record: dict[str, Any]) -> str:
     """The setting of a protocol (as :meth:`Protocol.to_dict` or its JSON gives it): :data:`SETTING_KEYS`
     hashed, 16 hex digits; cells of one setting differ in attack, ε, track or batch size."""
-    return hashlib.sha256(canonical_json({k: record[k] for k in SETTING_KEYS}).encode()).hexdigest()[:16]
+    return identity_hash({k: record[k] for k in SETTING_KEYS}, without=())
 
 
 def remove_leftovers(output: Path) -> None:

@@ -211,16 +211,17 @@ class Workbench:
                             data_spec)
         return self._remember(self._settings, (m, d, s), make)
 
-    def protocol(self, key: CellKey, cascade_after: tuple[str, ...] = (), claim: bool = False) -> Protocol:
+    def protocol(self, key: CellKey, cascade_after: tuple[str, ...] = ()) -> Protocol:
         """The cell's full protocol record (its hash is the cell id and names its file), at the batch size
-        :meth:`batch_size` chooses; ``claim``: a run's call, which claims a size it chose in the output."""
+        :meth:`batch_size` chooses without claiming it (what the planner shows; a run claims its own)."""
         at = self._protocol_at(key, cascade_after)
-        return at(self.batch_size(key, cascade_after, at, claim).size)
+        return at(self.batch_size(key, cascade_after, at).size)
 
     def batch_size(self, key: CellKey, cascade_after: tuple[str, ...], at: Callable[[int], Protocol],
                    claim: bool = False) -> BatchChoice:
         """The cell's batch size: the one given, else :func:`vlmbench.batch_size.choose`'s (an existing
-        cell's, the CPU's default, or measured from free GPU memory), decided once per workbench."""
+        cell's, the CPU's default, or measured from free GPU memory), decided once per workbench;
+        ``claim``: a run's choice, which claims the size it chose in the output folder."""
         slot = (key, cascade_after, claim)  # a run's choice is its own, made under the lock and claimed
         if slot not in self._batch_sizes:
             measure = None if self.meter is None else (lambda: self._measured_batch_size(key))
@@ -239,7 +240,7 @@ class Workbench:
             tracks = sorted({k.track for k in plan_.cells() if (k.model, k.defense, k.dataset) == setting_key})
             attacked = {track: (label_space_of(attacked_model(track, setting.classifier, setting.defended,
                                                               setting.source_classifier), setting.superclasses),
-                                defense.eot_draws if track == "adaptive" else 1) for track in tracks}
+                                defense.eot_on(track)) for track in tracks}
             _, dataset, indices = plan_.datasets[key.dataset]
             image = dataset[indices[0]][0].to(plan_.device, torch.float32)
             what = f"{plan_.models[key.model].name} / {defense.spec} / {plan_.datasets[key.dataset][0].name}"
@@ -252,7 +253,7 @@ class Workbench:
         plan_ = self.plan
         setting = self.setting(key.model, key.defense, key.dataset)
         defense, attack, track = plan_.defenses[key.defense], plan_.attack_for(key), key.track
-        eot = defense.eot_draws if track == "adaptive" else 1
+        eot = defense.eot_on(track)
         # the label space the attack runs in: its parameters (AutoAttack's sub-attacks and target counts)
         # are recorded as they take effect there, on the superclasses of a superclass cell
         return lambda batch_size: Protocol(
@@ -302,7 +303,9 @@ class Workbench:
         for key in job:
             setting = self.setting(key.model, key.defense, key.dataset)
             defense, attack = plan_.defenses[key.defense], plan_.attack_for(key)
-            protocol = self.protocol(key, tuple(earlier), claim=True)
+            at = self._protocol_at(key, tuple(earlier))
+            chosen = self.batch_size(key, tuple(earlier), at, claim=True)
+            protocol = at(chosen.size)
             indices = plan_.datasets[key.dataset][2]
             if on_cell:
                 on_cell(protocol, len(indices))
@@ -311,7 +314,7 @@ class Workbench:
                         plan_.request.eps_sweep, defense.parts, setting.original,
                         plan_.request.save_adversarials and attack.cls.name != "none")
             parity = self.precision(key)[1]
-            meta = {**self.meta, "batch_size_choice": self._batch_sizes[(key, tuple(earlier), True)].record()}
+            meta = {**self.meta, "batch_size_choice": chosen.record()}
             if parity is not None:
                 meta["precision_parity"] = parity
             outcome = run_cell(cell, plan_.request.output, meta, on_advance, on_wait)

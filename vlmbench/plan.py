@@ -54,6 +54,10 @@ class DefenseChoice:
     eot_draws: int  # on the adaptive track
     eval_draws: int = 1  # majority vote over this many forward draws (1: deterministic)
 
+    def eot_on(self, track: str) -> int:
+        """EOT draws per attack gradient on ``track``: the defense's on the adaptive track, else 1."""
+        return self.eot_draws if track == "adaptive" else 1
+
     @property
     def test_time(self) -> str:
         """Its test-time parts, ``+``-joined (``""``: none); they key a precision's parity record."""
@@ -152,7 +156,7 @@ class Plan:
         one evaluation draw, not the transfer track; and only for attacks that honour ``early_stop``.
         Recorded in the attack's params, so it is part of the cell's identity."""
         attack, defense = self.attack_for(key), self.defenses[key.defense]
-        eot = defense.eot_draws if key.track == "adaptive" else 1
+        eot = defense.eot_on(key.track)
         random = any(part.stochastic for part in defense.parts)
         return ("early_stop" in attack.cls.honours and eot == 1 and defense.eval_draws == 1 and not random
                 and key.track != "transfer" and (key.track == "adaptive" or not defense.test_time))
@@ -166,7 +170,7 @@ class Plan:
         attack stops early (:meth:`early_stop`)."""
         attack, defense = self.attack_for(key), self.defenses[key.defense]
         classes = self.attacked_classes(key)
-        eot = defense.eot_draws if key.track == "adaptive" else 1
+        eot = defense.eot_on(key.track)
         forward, backward = attack.build(eot).estimated_passes(classes)
         if key.track == "adaptive" and "start" in attack.cls.honours:
             start = attack.build().estimated_passes(classes)

@@ -321,11 +321,6 @@ class Protocol:
         """
         return identity_hash(self.to_dict())
 
-    def hash_without_batch_size(self) -> str:
-        """Identity of the measurement but for its batch size: cells of one configuration at different
-        batch sizes share it (:mod:`vlmbench.batch_size` adopts the size of such a cell)."""
-        return identity_hash(self.to_dict(), without=("versions", "batch_size"))
-
 
 def identity_hash(record: dict[str, Any], without: tuple[str, ...] = ("versions",)) -> str:
     """16 hex digits of the SHA-256 of ``record`` (a protocol as :meth:`Protocol.to_dict` or its JSON gives
