@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_runner import RUN, cell_files, invoke, run_tiny
+from test_runner import RUN, cell_files, fail_at_batch, invoke, run_tiny
 from vlmbench import batch_size as batch_size_module
 from vlmbench import cell as cell_module
 from vlmbench import execute as execute_module
@@ -124,20 +124,11 @@ def test_a_rerun_without_a_batch_size_reads_the_finished_cells_of_any_size(tiny_
 
 def test_an_interrupted_cell_resumes_at_its_size_without_a_batch_size(tiny_model_plugin_file, tmp_path, monkeypatch):
     assert run_tiny(tiny_model_plugin_file, tmp_path / "reference").exit_code == 0  # batch 4, uninterrupted
-    calls = {"n": 0}
-    real = cell_module.run_batch
-
-    def crash_on_second_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cell_module, "run_batch", crash_on_second_batch)
+    restore = fail_at_batch(monkeypatch, 2, KeyboardInterrupt())
     output = tmp_path / "out"
     run_tiny(tiny_model_plugin_file, output)  # batch 4: one batch staged, then interrupted
     assert not cell_files(output) and list((output / results.PARTIAL_DIR).glob("*/000000000.parquet"))
-    monkeypatch.setattr(cell_module, "run_batch", real)
+    restore()
     result = _run_without_batch_size(tiny_model_plugin_file, output)
     assert result.exit_code == 0, result.output
     assert "1 resumed" in result.output

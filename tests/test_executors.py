@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vlmbench import cell as cell_module
+from test_runner import fail_at_batch
 from vlmbench import results
 from vlmbench.cli import app
 from vlmbench.execute import preview, shard_work
@@ -87,16 +87,8 @@ def test_jobs_chain_the_cascade_and_estimates_match_the_passes_a_run_records(tin
 def test_a_batch_that_does_not_fit_in_gpu_memory_is_one_line_and_keeps_the_finished_cells(
         tiny_model_plugin_file, tmp_path, monkeypatch):
     output = tmp_path / "out"
-    calls = {"n": 0}
-    real = cell_module.run_batch
-
-    def out_of_memory_in_the_third_cell(*args, **kwargs):  # 2 batches per cell
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cell_module, "run_batch", out_of_memory_in_the_third_cell)
+    # the third cell's first batch (2 batches per cell)
+    fail_at_batch(monkeypatch, 5, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     result = invoke(tiny_model_plugin_file, "run", output)
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1, result.output
@@ -145,18 +137,9 @@ def test_plan_shows_status_and_counts_and_runs_nothing(tiny_model_plugin_file, t
     assert "to compute: 48 images" in text(dry) and "no throughput measured" in text(dry)
     assert not output.exists() or not list(output.rglob("*.parquet"))  # nothing ran
 
-    calls = {"n": 0}
-    real = cell_module.run_batch
-
-    def crash_on_fourth_batch(*args, **kwargs):  # 2 batches per cell: the second cell stops half-way
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cell_module, "run_batch", crash_on_fourth_batch)
+    restore = fail_at_batch(monkeypatch, 4, KeyboardInterrupt())  # 2 batches per cell: the second stops half-way
     assert invoke(tiny_model_plugin_file, "run", output).exit_code != 0
-    monkeypatch.setattr(cell_module, "run_batch", real)
+    restore()
     after = invoke(tiny_model_plugin_file, "plan", output)
     assert "1 complete, 1 partial, 6 pending" in text(after), after.output
     assert "partial 1/2 batches" in text(after) and "to compute: 42 images" in text(after)

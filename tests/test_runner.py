@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,22 @@ def run_tiny(plugin: Path, output: Path, *extra: str):
 
 def cell_files(output: Path) -> list[Path]:
     return sorted(output.glob("*.parquet"))
+
+
+def fail_at_batch(monkeypatch, call: int, error: BaseException) -> Callable[[], None]:
+    """Make the ``call``-th batch of the next run raise ``error`` (an interruption, an out-of-memory);
+    returns what puts the real ``run_batch`` back."""
+    calls = {"n": 0}
+    real = cell_module.run_batch
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cell_module, "run_batch", failing)
+    return lambda: monkeypatch.setattr(cell_module, "run_batch", real)
 
 
 def test_run_writes_one_parquet_per_cell_with_the_protocol(tiny_model_plugin_file, tmp_path):
@@ -73,21 +90,12 @@ def test_same_seed_same_rows_other_seed_other_random_start(tiny_model_plugin_fil
 
 def test_interrupted_run_resumes_without_losing_or_duplicating_rows(tiny_model_plugin_file, tmp_path, monkeypatch):
     assert run_tiny(tiny_model_plugin_file, tmp_path / "reference").exit_code == 0
-    calls = {"n": 0}
-    real = cell_module.run_batch
-
-    def crash_on_fifth_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cell_module, "run_batch", crash_on_fifth_batch)
+    restore = fail_at_batch(monkeypatch, 5, KeyboardInterrupt())
     interrupted = run_tiny(tiny_model_plugin_file, tmp_path / "out")
     assert interrupted.exit_code != 0
     assert len(cell_files(tmp_path / "out")) == 1  # the first cell (3 batches) finished
     assert len(list((tmp_path / "out" / results.PARTIAL_DIR).rglob("*.parquet"))) == 1  # one batch of cell 2
-    monkeypatch.setattr(cell_module, "run_batch", real)
+    restore()
     resumed = run_tiny(tiny_model_plugin_file, tmp_path / "out")
     assert resumed.exit_code == 0, resumed.output
     assert "1 already complete, 1 resumed" in resumed.output

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vlmbench import cell as cell_module
+from test_runner import fail_at_batch
 from vlmbench import results
 from vlmbench.cell import adversarial_filename, adversarial_path, write_adversarials
 from vlmbench.cli import app
@@ -164,21 +164,12 @@ def test_a_file_renamed_onto_another_cell_is_caught(saved, tiny_model_plugin_fil
 
 
 def test_interrupted_and_resumed_run_gives_a_byte_identical_file(saved, tiny_model_plugin_file, tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real = cell_module.run_batch
-
-    def crash_on_fourth_batch(*args, **kwargs):  # the none cell has batches 1-2, pgd-2 has 3-4
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cell_module, "run_batch", crash_on_fourth_batch)
+    restore = fail_at_batch(monkeypatch, 4, KeyboardInterrupt())  # the none cell has batches 1-2, pgd-2 has 3-4
     interrupted = run(tiny_model_plugin_file, tmp_path / "again", "--save-adversarials")
     assert interrupted.exit_code != 0
     assert not list((tmp_path / "again").glob("*.adv.npz"))  # the pgd cell is unfinished: no file yet
     assert len(list((tmp_path / "again" / results.PARTIAL_DIR).rglob("*.adv.npy"))) == 1
-    monkeypatch.setattr(cell_module, "run_batch", real)
+    restore()
     resumed = run(tiny_model_plugin_file, tmp_path / "again", "--save-adversarials")
     assert resumed.exit_code == 0 and "1 already complete, 1 resumed" in resumed.output, resumed.output
     (got,) = (tmp_path / "again").glob("*.adv.npz")
